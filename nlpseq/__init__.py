@@ -1,0 +1,41 @@
+"""nlpseq: recurrent neural networks for text, configured by YAML pipelines.
+
+>>> import nlpseq
+>>> predictor = nlpseq.load("runs/sentiment")        # doctest: +SKIP
+>>> predictor.predict(["a gripping , funny film"])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from nlpseq.tasks.base import Task
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Task:
+    """Load a trained run directory; the returned task object predicts with its model."""
+    from nlpseq import checkpoint as ckpt
+    from nlpseq.config import load_config
+    from nlpseq.tasks import task_class
+
+    run_dir = ckpt.check_run_dir(run_dir)
+    config = load_config(run_dir / ckpt.CONFIG)
+    task = task_class(config.task)(config)
+    task.load_artifacts(run_dir)
+    model = task.build_model(lambda _message: None, pretrained=False)
+    ckpt.load_weights(model, run_dir / ckpt.WEIGHTS)
+    model.eval()
+    task.model = model
+    return task.to(device)
+
+
+def train(pipeline: str | Path, out_dir: str | Path, overrides: tuple[str, ...] = ()):
+    """Train a pipeline YAML file into ``out_dir`` (see :func:`nlpseq.train.train`)."""
+    from nlpseq.config import load_config
+    from nlpseq.train import train as run
+
+    return run(load_config(pipeline, overrides), out_dir)

@@ -1,0 +1,3 @@
+from nlpseq.cli import main
+
+main()

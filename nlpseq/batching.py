@@ -1,0 +1,89 @@
+"""Pad and batch: length-bucketed batches so padding stays small, collated batch-first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+
+def bucket_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    pool: int = 50,
+) -> list[list[int]]:
+    """Group example indices into batches of similar length.
+
+    Shuffle the examples, sort each pool of ``pool * batch_size`` by length, cut it into
+    batches, then shuffle the batches. Without ``shuffle``, batches follow sorted length
+    (longest first), which is fastest for inference.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    n = len(lengths)
+    lengths_t = torch.as_tensor(list(lengths), dtype=torch.long)
+    if not shuffle:
+        order = torch.sort(lengths_t, descending=True, stable=True).indices.tolist()
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    size = max(1, pool) * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, n, size):
+        chunk = order[start : start + size]
+        # Sorting by (length, random position) keeps ties in random order.
+        chunk = chunk[torch.sort(lengths_t[chunk], stable=True).indices]
+        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    permutation = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in permutation]
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Lists of ids -> ``ids (B, T)`` right-padded with ``pad_id`` and ``lengths (B,)``."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids = torch.full((len(sequences), int(lengths.max()) if len(sequences) else 0), pad_id)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return ids, lengths
+
+
+class Batch:
+    """Base for batch dataclasses: moves every tensor field to a device."""
+
+    def to(self, device: torch.device | str):
+        values = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return type(self)(**values)
+
+
+@dataclass
+class TextBatch(Batch):
+    """Padded token ids with lengths and mask; ``labels`` per example (or None)."""
+
+    ids: Tensor  # (B, T) long
+    lengths: Tensor  # (B,) long
+    mask: Tensor  # (B, T) bool, True at real tokens
+    labels: Tensor | None = None  # (B,) long
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def collate_text(
+    sequences: Sequence[Sequence[int]], labels: Sequence[int] | None = None, pad_id: int = 0
+) -> TextBatch:
+    """Collate id lists (and labels) into a :class:`TextBatch`; empty texts get one pad token."""
+    sequences = [s if len(s) else [pad_id] for s in sequences]
+    ids, lengths = pad(sequences, pad_id)
+    mask = torch.arange(ids.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+    label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
+    return TextBatch(ids, lengths, mask, label_tensor)

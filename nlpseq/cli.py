@@ -1,0 +1,118 @@
+"""Command line: thin click commands over importable functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from nlpseq.errors import NlpseqError
+
+
+class _Group(click.Group):
+    """Prints NlpseqError (and other expected failures) as one line; --debug shows tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NlpseqError as err:
+            if ctx.meta.get("nlpseq.debug"):
+                raise
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="nlpseq")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """nlpseq: train and run recurrent networks on text with YAML pipelines."""
+    ctx.meta["nlpseq.debug"] = debug
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory to write (config, weights, tokenizer, metrics, history).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a pipeline value, e.g. --set train.max_minutes=10 (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(pipeline: str, out_dir: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Train PIPELINE (a YAML file) into a run directory; prints dev metrics as JSON."""
+    from nlpseq.config import load_config
+    from nlpseq.train import train as run
+
+    result = run(load_config(pipeline, overrides), out_dir, progress=not quiet)
+    dev = result.metrics.get("dev", {})
+    click.echo(json.dumps({k: v for k, v in dev.items() if not isinstance(v, dict)}))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("data_files", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: str) -> None:
+    """Score RUN_DIR's model on DATA_FILES (translation: SOURCE REFERENCE)."""
+    import nlpseq
+
+    metrics = nlpseq.load(run_dir, device).evaluate_files(list(data_files))
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        if not isinstance(value, dict):
+            click.echo(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--input", "input_file", default="-", show_default=True,
+              help="Input file, one text per line (- reads stdin).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+def predict(run_dir: str, input_file: str, as_json: bool, device: str) -> None:
+    """Predict for each input line: a label (sentiment) or tagged tokens (NER)."""
+    import nlpseq
+    from nlpseq.corpora import read_lines
+
+    task = nlpseq.load(run_dir, device)
+    if input_file == "-":
+        lines = (line.rstrip("\r\n") for line in sys.stdin)
+    else:
+        lines = (line for _, line in read_lines(input_file))
+    for output in task.predict_lines(lines, as_json=as_json):
+        click.echo(output)
+
+
+@main.command()
+@click.option("--corpora", envvar="NLPSEQ_CORPORA", default="",
+              help="Benchmark corpora folder (default $NLPSEQ_CORPORA); the bundled demo "
+                   "corpus is used when unset.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--hidden-size", default=128, show_default=True)
+@click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")
+@click.option("--threads", default=0, help="torch CPU threads (0 = default).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(corpora: str, batch_size: int, hidden_size: int, seconds: float, threads: int,
+          as_json: bool) -> None:
+    """Measure text-stage, training and inference throughput against the matmul rate."""
+    from nlpseq.bench import run_bench
+
+    figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
+                        seconds=seconds, threads=threads)
+    if as_json:
+        click.echo(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            click.echo(f"{key:32s} {value:,.3f}" if isinstance(value, float) else
+                       f"{key:32s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""Pipeline configuration: a YAML file loaded into frozen, validated dataclasses.
+
+Each YAML section maps to one dataclass. Unknown keys, wrong types and bad values are errors
+naming the file, the line and (for unknown keys) the closest valid key. String values may use
+``${VAR}`` and ``${VAR:-default}``. ``overrides`` (``section.key=value``) are applied after the
+file and typed by the field they set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nlpseq.errors import NlpseqError
+
+TASK_NAMES = ("sentiment", "ner", "chargen", "translate")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how to read them."""
+
+    format: Literal["tsv", "csv", "jsonl", "conll", "parallel", "text", "hub"] = "tsv"
+    train: str = ""
+    dev: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    # CoNLL: which column holds the tag (-1 = last) and the scheme the files are written in.
+    tag_column: int = -1
+    tag_scheme: Literal["iob1", "iob2", "bioes"] = "iob1"
+    # Parallel text: the target side of train/dev (``train``/``dev`` hold the source side).
+    train_target: str = ""
+    dev_target: str = ""
+    max_source_length: int = 100
+    max_target_length: int = 100
+    # Raw text (char LM): the last ``val_fraction`` of the stream validates when ``dev`` is empty.
+    val_fraction: float = 0.1
+    # Hugging Face hub dataset (format: hub), for users who are online.
+    hub_name: str = ""
+    hub_config: str = ""
+    train_split: str = "train"
+    dev_split: str = "validation"
+    # Use at most this many training examples (0 = all); handy for smoke tests.
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """A Hugging Face ``tokenizers`` model trained on the training split."""
+
+    kind: Literal["word", "bpe", "char"] = "word"
+    lowercase: bool = False
+    normalize_digits: bool = False
+    min_frequency: int = 1
+    max_size: int = 50000
+    max_length: int = 0  # truncate longer inputs (0 = no truncation)
+    joint: bool = True  # translation: one vocabulary for source and target
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    """Pretrained word vectors aligned to the tokenizer's vocabulary."""
+
+    path: str = ""  # a file, or a gensim-data name (needs network)
+    format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = "glove"
+    freeze: bool = False
+    cache_dir: str = "${NLPSEQ_CACHE:-~/.cache/nlpseq}"
+
+
+@dataclass(frozen=True)
+class SentimentModelConfig:
+    """BiRNN text classifier."""
+
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = 50
+    hidden_size: int = 128
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.5
+    embedding_dropout: float = 0.0
+    pooling: Literal["last", "max", "mean", "attention", "max-mean"] = "last"
+
+
+@dataclass(frozen=True)
+class NerModelConfig:
+    """BiRNN tagger with character features and a softmax or CRF output layer."""
+
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = 50
+    hidden_size: int = 200
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.5
+    embedding_dropout: float = 0.0
+    char_encoder: Literal["cnn", "lstm", "none"] = "cnn"
+    char_embedding_dim: int = 30
+    char_hidden_size: int = 50
+    char_kernel_size: int = 3
+    casing_dim: int = 8
+    output: Literal["crf", "softmax"] = "crf"
+    train_scheme: Literal["iob1", "iob2", "bioes"] = "bioes"
+
+
+@dataclass(frozen=True)
+class CharLMModelConfig:
+    """Unidirectional character language model."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    embedding_dim: int = 64
+    hidden_size: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+    tie_weights: bool = False
+    seq_len: int = 100
+
+
+@dataclass(frozen=True)
+class TranslateModelConfig:
+    """Bidirectional encoder, attentional decoder."""
+
+    cell: Literal["lstm", "gru"] = "gru"
+    embedding_dim: int = 256
+    hidden_size: int = 256
+    layers: int = 1
+    dropout: float = 0.2
+    embedding_dropout: float = 0.0
+    attention: Literal["bahdanau", "general", "dot"] = "general"
+    teacher_forcing: float = 1.0
+    tie_embeddings: bool = True
+    label_smoothing: float = 0.1
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    "sentiment": SentimentModelConfig,
+    "ner": NerModelConfig,
+    "chargen": CharLMModelConfig,
+    "translate": TranslateModelConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, stopping, device."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    clip: float = 5.0
+    schedule: Literal["none", "plateau", "cosine", "linear"] = "plateau"
+    schedule_factor: float = 0.5  # plateau: multiply the lr by this
+    schedule_patience: int = 1  # plateau: evaluations without improvement before decaying
+    warmup_steps: int = 0
+    patience: int = 5  # early stopping: evaluations without improvement (0 = never stop early)
+    max_minutes: float = 0.0  # wall-clock budget (0 = none)
+    evals_per_epoch: int = 1
+    seed: int = 13
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    bucket_pool: int = 50  # batches per length-sorting pool
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation options."""
+
+    metric: str = ""  # the dev metric for model selection ("" = the task's default)
+    batch_size: int = 256
+    beam: int = 5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole pipeline: one field per YAML section."""
+
+    task: Literal["sentiment", "ner", "chargen", "translate"]
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    model: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = ""  # the file this pipeline was loaded from (not a YAML key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every section (without ``source``), for writing back as YAML."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "embeddings": EmbeddingsConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, path: str | None = None, line: int | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in ``value``."""
+
+    def sub(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ and os.environ[name] != "":
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise NlpseqError(f"environment variable ${{{name}}} is not set", path, line)
+
+    return _ENV.sub(sub, value)
+
+
+def _coerce(value: Any, annotation: Any, where: str, path: str | None, line: int | None) -> Any:
+    """Check ``value`` against a field annotation, converting where it is lossless."""
+    origin = typing.get_origin(annotation)
+    if isinstance(value, str):
+        value = expand_env(value, path, line)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise NlpseqError(
+                f"{where}: {value!r} is not one of {', '.join(map(str, choices))}", path, line
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, path, line)
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        if not isinstance(value, bool):
+            raise NlpseqError(f"{where}: expected true/false, got {value!r}", path, line)
+        return value
+    if annotation is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NlpseqError(f"{where}: expected an integer, got {value!r}", path, line)
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NlpseqError(f"{where}: expected a number, got {value!r}", path, line)
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise NlpseqError(f"{where}: expected a string, got {value!r}", path, line)
+        return value
+    return value
+
+
+def _build_section(
+    cls: type, values: dict, section: str, path: str | None, lines: dict[str, int]
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        line = lines.get(f"{section}.{key}")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else ""
+            raise NlpseqError(f"unknown key {section}.{key}{hint}", path, line)
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", path, line)
+    for f in dataclasses.fields(cls):
+        # Defaults may use ${VAR:-default} too (e.g. the cache directory).
+        if f.name not in kwargs and isinstance(f.default, str) and "${" in f.default:
+            kwargs[f.name] = expand_env(f.default, path)
+    return cls(**kwargs)
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map ``section.key`` (and ``section``) to the 1-based line it is written on."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key_node, value_node in node.value:
+        section = str(key_node.value)
+        lines[section] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[f"{section}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``["train.lr=0.01", ...]`` -> ``{"train": {"lr": 0.01}}`` (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise NlpseqError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def config_from_dict(
+    raw: dict,
+    path: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    lines: dict[str, int] | None = None,
+) -> PipelineConfig:
+    """Validate a parsed pipeline dict (plus overrides) into a :class:`PipelineConfig`."""
+    lines = lines or {}
+    if not isinstance(raw, dict):
+        raise NlpseqError("a pipeline must be a mapping of sections", path, 1)
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, values in parse_overrides(overrides).items():
+        if section == "task":
+            raise NlpseqError("the task cannot be overridden with --set")
+        if section not in raw or raw[section] is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise NlpseqError(f"--set {section}.*: {section} is not a section")
+        raw[section].update(values)
+    valid = ["task", "model", *SECTIONS]
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise NlpseqError(f"unknown section {key!r}{hint}", path, lines.get(str(key)))
+    task = raw.get("task")
+    if task not in TASK_NAMES:
+        raise NlpseqError(
+            f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}", path, lines.get("task")
+        )
+    built: dict[str, Any] = {"task": task}
+    for section, cls in [*SECTIONS.items(), ("model", MODEL_CONFIGS[task])]:
+        values = raw.get(section) or {}
+        if not isinstance(values, dict):
+            raise NlpseqError(f"section {section} must be a mapping", path, lines.get(section))
+        built[section] = _build_section(cls, values, section, path, lines)
+    return PipelineConfig(**built, source=str(path or ""))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a pipeline YAML file and validate it (with ``section.key=value`` overrides)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NlpseqError("pipeline file not found", path) from None
+    except UnicodeDecodeError as err:
+        raise NlpseqError(f"not valid UTF-8 (byte {err.start})", path) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise NlpseqError(f"invalid YAML: {getattr(err, 'problem', err)}", path, line) from None
+    return config_from_dict(raw, str(path), overrides, _key_lines(text))
+
+
+def save_config(config: PipelineConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML (the caller makes the write atomic)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,186 @@
+"""Pretrained word vectors (through gensim) aligned to a tokenizer's vocabulary.
+
+Alignment tries the exact word, then its lowercase form, then its digit-normalised form;
+words with no vector keep a small random init. Loading a 400k-word GloVe text file takes
+most of a minute, so the aligned matrix is cached under a key made of the file's content hash
+and the vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlpseq.checkpoint import atomic_path, write_json
+from nlpseq.errors import NlpseqError
+
+_DIGIT = re.compile(r"\d")
+
+
+@dataclass
+class Coverage:
+    """How many vocabulary entries found a pretrained vector, and how."""
+
+    exact: int
+    lowercase: int
+    digits: int
+    missing: int
+
+    @property
+    def found(self) -> int:
+        return self.exact + self.lowercase + self.digits
+
+    def __str__(self) -> str:
+        total = self.found + self.missing
+        return (
+            f"{self.found}/{total} words ({100 * self.found / max(total, 1):.1f}%) have vectors "
+            f"(exact {self.exact}, lowercase {self.lowercase}, digits {self.digits})"
+        )
+
+
+def _locate_bad_row(path: Path) -> tuple[int, str]:
+    """Find the first row whose dimension differs from the first row's (after a load error)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        first = None
+        for number, line in enumerate(handle, 1):
+            width = len(line.rstrip().split(" ")) - 1
+            if first is None:
+                first = width
+            elif width != first:
+                return number, f"row has {width} values, the first row has {first}"
+    return 0, "cannot parse the vectors"
+
+
+def load_vectors(path: str, fmt: str):
+    """Load gensim ``KeyedVectors`` (GloVe/word2vec text or binary, fastText ``.bin``)."""
+    from gensim.models import KeyedVectors  # heavy: only when embeddings are used
+
+    if fmt == "gensim-data":
+        import socket
+
+        try:
+            socket.create_connection(("github.com", 443), timeout=5).close()
+        except OSError:
+            raise NlpseqError(
+                f"cannot download gensim-data vectors {path!r} (offline?); "
+                "give embeddings.path a local file instead"
+            ) from None
+        import gensim.downloader
+
+        return gensim.downloader.load(path)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NlpseqError("embeddings file not found", file)
+    try:
+        if fmt == "fasttext":
+            from gensim.models.fasttext import load_facebook_vectors
+
+            return load_facebook_vectors(str(file))
+        return KeyedVectors.load_word2vec_format(
+            str(file), binary=fmt == "word2vec-binary", no_header=fmt == "glove"
+        )
+    except UnicodeDecodeError:
+        raise NlpseqError("embeddings file is not valid UTF-8", file) from None
+    except (ValueError, EOFError) as err:
+        if fmt in ("glove", "word2vec"):
+            line, problem = _locate_bad_row(file)
+            raise NlpseqError(f"bad embeddings row: {problem}", file, line or None) from None
+        raise NlpseqError(f"cannot read embeddings: {err}", file) from None
+
+
+def align(
+    vocabulary: list[str], vectors, dim: int, *, seed: int = 0, skip: int = 0
+) -> tuple[np.ndarray, Coverage]:
+    """Matrix (V, dim): row i holds the vector of ``vocabulary[i]`` (first ``skip`` rows zero).
+
+    Rows without a vector are drawn from N(0, std of the found vectors); fastText vectors
+    supply subword vectors for any word, which count as exact.
+    """
+    if vectors.vector_size != dim:
+        raise NlpseqError(
+            f"embeddings have dimension {vectors.vector_size}, model.embedding_dim is {dim}"
+        )
+    rng = np.random.default_rng(seed)
+    matrix = np.zeros((len(vocabulary), dim), dtype=np.float32)
+    counts = {"exact": 0, "lowercase": 0, "digits": 0}
+    missing = []
+    subword = hasattr(vectors, "get_vector") and hasattr(vectors, "buckets_word")
+    for index, word in enumerate(vocabulary[skip:], skip):
+        for kind, candidate in (
+            ("exact", word),
+            ("lowercase", word.lower()),
+            ("digits", _DIGIT.sub("0", word.lower())),
+        ):
+            if candidate in vectors.key_to_index:
+                matrix[index] = vectors[candidate]
+                counts[kind] += 1
+                break
+        else:
+            if subword:
+                matrix[index] = vectors[word]
+                counts["exact"] += 1
+            else:
+                missing.append(index)
+    found = matrix[skip:][np.any(matrix[skip:] != 0, axis=1)]
+    std = float(found.std()) if found.size else 0.1
+    if missing:
+        matrix[missing] = rng.normal(0.0, std, size=(len(missing), dim)).astype(np.float32)
+    return matrix, Coverage(**counts, missing=len(missing))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pretrained_matrix(
+    path: str,
+    fmt: str,
+    vocabulary: list[str],
+    dim: int,
+    *,
+    cache_dir: str = "",
+    seed: int = 0,
+    skip: int = 0,
+) -> tuple[torch.Tensor, Coverage]:
+    """Aligned embedding matrix for ``vocabulary``, from the cache when the same file and
+    vocabulary were aligned before. Coverage is reported on stderr."""
+    from safetensors.numpy import load_file, save_file
+
+    cache_file = None
+    if cache_dir and fmt != "gensim-data":
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise NlpseqError("embeddings file not found", file)
+        key = hashlib.sha256(
+            "\n".join([_file_digest(file), fmt, str(dim), str(seed), str(skip), *vocabulary])
+            .encode("utf-8")
+        ).hexdigest()[:24]
+        cache_file = Path(cache_dir).expanduser() / f"embeddings-{key}.safetensors"
+        if cache_file.is_file():
+            stored = load_file(str(cache_file))
+            with open(cache_file.with_suffix(".json"), encoding="utf-8") as handle:
+                coverage = Coverage(**json.load(handle))
+            print(f"embeddings: {coverage} (cached)", file=sys.stderr)
+            return torch.from_numpy(stored["matrix"]), coverage
+    vectors = load_vectors(path, fmt)
+    matrix, coverage = align(vocabulary, vectors, dim, seed=seed, skip=skip)
+    print(f"embeddings: {coverage}", file=sys.stderr)
+    if cache_file is not None:
+        write_json(cache_file.with_suffix(".json"), coverage.__dict__)
+        with atomic_path(cache_file) as tmp:
+            save_file({"matrix": matrix}, tmp)
+    return torch.from_numpy(matrix), coverage

@@ -1,0 +1,80 @@
+"""Metrics from summed counts: accumulate over batches, derive the figures at the end."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    """Precision, recall, F1 (fractions in [0, 1]; 0 where undefined)."""
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+class ClassificationCounts:
+    """Accuracy and per-class / macro / micro precision, recall and F1 (as percentages)."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        k = len(self.labels)
+        self.confusion = [[0] * k for _ in range(k)]  # [gold][predicted]
+
+    def add(self, gold: Sequence[int], predicted: Sequence[int]) -> None:
+        for g, p in zip(gold, predicted):
+            self.confusion[g][p] += 1
+
+    @property
+    def n(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    def result(self) -> dict:
+        k = len(self.labels)
+        correct = sum(self.confusion[i][i] for i in range(k))
+        per_class = {}
+        sums = [0.0, 0.0, 0.0]
+        for i, label in enumerate(self.labels):
+            tp = self.confusion[i][i]
+            fp = sum(self.confusion[g][i] for g in range(k)) - tp
+            fn = sum(self.confusion[i]) - tp
+            p, r, f = prf(tp, fp, fn)
+            per_class[label] = {
+                "precision": 100 * p, "recall": 100 * r, "f1": 100 * f,
+                "support": sum(self.confusion[i]),
+            }
+            sums = [sums[0] + p, sums[1] + r, sums[2] + f]
+        n = self.n
+        # Micro P = R = F1 = accuracy for single-label classification.
+        accuracy = 100 * correct / n if n else 0.0
+        return {
+            "accuracy": accuracy,
+            "macro_precision": 100 * sums[0] / k if k else 0.0,
+            "macro_recall": 100 * sums[1] / k if k else 0.0,
+            "macro_f1": 100 * sums[2] / k if k else 0.0,
+            "micro_f1": accuracy,
+            "per_class": per_class,
+            "n": n,
+        }
+
+
+class LossCounts:
+    """Summed loss over summed tokens: loss per token, perplexity, bits per token."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.tokens = 0
+
+    def add(self, loss_sum: float, tokens: int) -> None:
+        self.loss += float(loss_sum)
+        self.tokens += int(tokens)
+
+    def result(self) -> dict:
+        mean = self.loss / self.tokens if self.tokens else float("nan")
+        return {
+            "loss": mean,
+            "perplexity": math.exp(mean) if mean < 700 else float("inf"),
+            "bits": mean / math.log(2),
+            "tokens": self.tokens,
+        }

@@ -1,0 +1,74 @@
+"""Text classifier: recurrent encoder -> pooling -> dropout -> linear."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlpseq.batching import TextBatch
+from nlpseq.models.encoder import RecurrentEncoder
+
+POOLINGS = ("last", "max", "mean", "attention", "max-mean")
+
+
+class TextClassifier(nn.Module):
+    """Binary or multi-class classifier over a (bi)RNN.
+
+    Pooling: ``last`` (final states of both directions), ``max`` / ``mean`` over real tokens,
+    ``attention`` (a learned query scores each token), ``max-mean`` (both, concatenated).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        embedding_dim: int = 50,
+        hidden_size: int = 128,
+        cell: str = "lstm",
+        layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.5,
+        embedding_dropout: float = 0.0,
+        pooling: str = "last",
+        pretrained: Tensor | None = None,
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        self.encoder = RecurrentEncoder(
+            vocab_size, embedding_dim, hidden_size, cell=cell, layers=layers,
+            bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
+            pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+        )
+        size = self.encoder.output_size
+        self.pooling = pooling
+        if pooling == "attention":
+            self.attention = nn.Linear(size, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(size * (2 if pooling == "max-mean" else 1), num_classes)
+
+    def logits(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``."""
+        outputs, final = self.encoder(ids, lengths)  # (B, T, D), (B, D)
+        mask = (torch.arange(ids.size(1), device=ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+        if self.pooling == "last":
+            pooled = final
+        elif self.pooling == "attention":
+            scores = self.attention(outputs).masked_fill(~mask, float("-inf"))  # (B, T, 1)
+            pooled = (scores.softmax(dim=1) * outputs).sum(dim=1)  # (B, D)
+        else:
+            mean = outputs.sum(dim=1) / lengths.clamp(min=1).unsqueeze(1).to(outputs.dtype)
+            maximum = outputs.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, D)
+            pooled = {"max": maximum, "mean": mean}.get(self.pooling)
+            if pooled is None:
+                pooled = torch.cat([maximum, mean], dim=-1)  # (B, 2D)
+        return self.output(self.dropout(pooled))
+
+    def forward(self, batch: TextBatch, carry: None = None) -> tuple[Tensor, int, None]:
+        """Summed cross-entropy over the batch and the number of examples."""
+        logits = self.logits(batch.ids, batch.lengths)
+        loss = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
+        return loss, batch.labels.numel(), None

@@ -1,0 +1,102 @@
+"""Shared recurrent encoder: embedding -> stacked (bi)directional RNN/LSTM/GRU.
+
+Padding never leaks into the states. The backward direction of each bidirectional layer runs
+a unidirectional RNN over each sequence reversed *within its own length*, so it starts at the
+real last token; padding then sits after the real tokens, where it can only affect outputs at
+padded positions, which are masked by every consumer. This keeps the fast padded (oneDNN)
+kernels on CPU, which packed sequences do not use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of ``x`` (B, T, ...) within its length; padding stays at the end."""
+    batch, steps = x.shape[:2]
+    positions = torch.arange(steps, device=x.device).unsqueeze(0)  # (1, T)
+    lengths = lengths.to(x.device).unsqueeze(1)  # (B, 1)
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (B, T)
+    index = index.view(batch, steps, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+def length_mask(lengths: Tensor, steps: int) -> Tensor:
+    """(B,) lengths -> (B, T) bool mask, True at real tokens."""
+    return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class RecurrentEncoder(nn.Module):
+    """Embed token ids and run a stacked recurrent network over them.
+
+    ``forward(ids (B,T), lengths (B,), extra (B,T,E2) | None)`` returns ``outputs (B,T,D)`` with
+    zeros at padded positions and ``final (B,D)``: the forward direction's state at each
+    sequence's last real token concatenated with the backward direction's state at its first.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        *,
+        cell: str = "lstm",
+        layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        padding_idx: int = 0,
+        pretrained: Tensor | None = None,
+        freeze_embeddings: bool = False,
+        extra_dim: int = 0,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        if pretrained is not None:
+            with torch.no_grad():
+                self.embedding.weight.copy_(pretrained)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+        self.cell = cell
+        self.bidirectional = bidirectional
+        self.hidden_size = hidden_size
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.dropout = nn.Dropout(dropout)
+        directions = 2 if bidirectional else 1
+        rnn = CELLS[cell]
+        input_size = embedding_dim + extra_dim
+        self.forward_layers = nn.ModuleList()
+        self.backward_layers = nn.ModuleList()
+        for layer in range(layers):
+            size = input_size if layer == 0 else hidden_size * directions
+            self.forward_layers.append(rnn(size, hidden_size, batch_first=True))
+            if bidirectional:
+                self.backward_layers.append(rnn(size, hidden_size, batch_first=True))
+        self.output_size = hidden_size * directions
+
+    def forward(
+        self, ids: Tensor, lengths: Tensor, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        mask = length_mask(lengths.to(ids.device), ids.size(1)).unsqueeze(-1)  # (B, T, 1)
+        x = self.embedding(ids)  # (B, T, E)
+        if extra is not None:
+            x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
+        x = self.embedding_dropout(x)
+        for layer, forward_rnn in enumerate(self.forward_layers):
+            if layer > 0:
+                x = self.dropout(x)
+            out, _ = forward_rnn(x)  # (B, T, H)
+            if self.bidirectional:
+                back, _ = self.backward_layers[layer](reverse_padded(x, lengths))
+                out = torch.cat([out, reverse_padded(back, lengths)], dim=-1)  # (B, T, 2H)
+            x = out * mask
+        last = (lengths.to(ids.device) - 1).clamp(min=0)
+        final = x[torch.arange(x.size(0), device=x.device), last, : self.hidden_size]  # (B, H)
+        if self.bidirectional:
+            final = torch.cat([final, x[:, 0, self.hidden_size :]], dim=-1)  # (B, 2H)
+        return x, final

@@ -1,0 +1,20 @@
+"""The explicit table of tasks: task name -> the class that implements it."""
+
+from __future__ import annotations
+
+import importlib
+
+from nlpseq.tasks.base import Task
+
+#: task name -> "module:Class" (imported on first use so the CLI starts fast)
+TASKS: dict[str, str] = {
+    "sentiment": "nlpseq.tasks.sentiment:SentimentTask",
+}
+
+
+def task_class(name: str) -> type[Task]:
+    """The :class:`Task` subclass registered for ``name``."""
+    if name not in TASKS:
+        raise KeyError(f"task {name!r} is not implemented (available: {', '.join(TASKS)})")
+    module, _, cls = TASKS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,183 @@
+"""Sentiment analysis (text classification): labelled texts -> BiRNN classifier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nlpseq.batching import TextBatch, bucket_batches, collate_text
+from nlpseq.checkpoint import atomic_path
+from nlpseq.corpora import LabelledData, load_hub, read_labelled
+from nlpseq.embeddings import pretrained_matrix
+from nlpseq.errors import NlpseqError
+from nlpseq.metrics import ClassificationCounts
+from nlpseq.models.classifier import TextClassifier
+from nlpseq.tasks.base import Log, Task, shard
+from nlpseq.tokenize import TextTokenizer
+from nlpseq.vocab import LabelVocab
+
+TOKENIZER = "tokenizer.json"
+LABELS = "labels.json"
+
+
+def file_format(path: str, default: str) -> str:
+    """The labelled-file format a path's suffix names, else ``default``."""
+    name = path.lower().removesuffix(".gz")
+    for suffix in ("tsv", "csv", "jsonl"):
+        if name.endswith("." + suffix):
+            return suffix
+    return default
+
+
+class SentimentTask(Task):
+    """Texts with one label each; accuracy and F1."""
+
+    name = "sentiment"
+    metrics = {"accuracy": True, "macro_f1": True, "loss": False}
+    default_metric = "accuracy"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.tokenizer: TextTokenizer | None = None
+        self.labels: LabelVocab | None = None
+        self.train_ids: list[list[int]] = []
+        self.train_labels: list[int] = []
+        self.dev_ids: list[list[int]] = []
+        self.dev_labels: list[int] = []
+
+    # --- data ----------------------------------------------------------------------------
+    def _read(self, path: str, split: str, require_labels: bool = True) -> LabelledData:
+        data = self.config.data
+        if data.format == "hub":
+            rows = load_hub(data.hub_name, data.hub_config, split)
+            texts = [str(t) for t in rows[data.text_column]]
+            labels = [str(v) for v in rows[data.label_column]]
+            return LabelledData(texts, labels, list(range(1, len(texts) + 1)), data.hub_name)
+        fmt = file_format(path, data.format)
+        return read_labelled(
+            path, fmt, data.text_column, data.label_column, require_labels=require_labels
+        )
+
+    def _encode(self, data: LabelledData) -> tuple[list[list[int]], list[int]]:
+        ids = self.tokenizer.encode_batch(data.texts)
+        labels = [
+            self.labels.encode(v, data.path, line) for v, line in zip(data.labels, data.lines)
+        ]
+        return ids, labels
+
+    def prepare(self, log: Log, artifacts: Path | None = None) -> None:
+        data = self.config.data
+        train = self._read(data.train, data.train_split)
+        if data.limit:
+            train = LabelledData(
+                train.texts[: data.limit], train.labels[: data.limit], train.lines, train.path
+            )
+        if artifacts is not None:
+            self.load_artifacts(artifacts)
+        else:
+            self.tokenizer = TextTokenizer.train(train.texts, self.config.tokenizer)
+            self.labels = LabelVocab.from_data(train.labels)
+        self.train_ids, self.train_labels = self._encode(train)
+        log(f"train: {len(self.train_ids)} examples from {train.path}; "
+            f"vocabulary {self.tokenizer.vocab_size}; labels {', '.join(self.labels.labels)}")
+        if data.dev or data.format == "hub":
+            dev = self._read(data.dev, data.dev_split)
+            self.dev_ids, self.dev_labels = self._encode(dev)
+            log(f"dev: {len(self.dev_ids)} examples from {dev.path}")
+
+    def save_artifacts(self, directory: Path) -> None:
+        with atomic_path(directory / TOKENIZER) as tmp:
+            self.tokenizer.save(tmp)
+        with atomic_path(directory / LABELS) as tmp:
+            self.labels.save(tmp)
+
+    def load_artifacts(self, directory: Path) -> None:
+        self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
+        self.labels = LabelVocab.load(directory / LABELS)
+
+    # --- model ---------------------------------------------------------------------------
+    def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
+        m, emb = self.config.model, self.config.embeddings
+        matrix = None
+        if pretrained and emb.path:
+            matrix, _ = pretrained_matrix(
+                emb.path, emb.format, self.tokenizer.vocabulary(), m.embedding_dim,
+                cache_dir=emb.cache_dir, seed=self.config.train.seed, skip=4,
+            )
+        return TextClassifier(
+            self.tokenizer.vocab_size, len(self.labels), embedding_dim=m.embedding_dim,
+            hidden_size=m.hidden_size, cell=m.cell, layers=m.layers,
+            bidirectional=m.bidirectional, dropout=m.dropout,
+            embedding_dropout=m.embedding_dropout, pooling=m.pooling, pretrained=matrix,
+            freeze_embeddings=emb.freeze and matrix is not None,
+        )
+
+    def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
+        t = self.config.train
+        order = bucket_batches(
+            [len(s) for s in self.train_ids], t.batch_size, seed=t.seed * 1000 + epoch,
+            pool=t.bucket_pool,
+        )
+        return [
+            collate_text([self.train_ids[i] for i in b], [self.train_labels[i] for i in b])
+            for b in shard(order, rank, world_size)
+        ]
+
+    # --- evaluation and prediction -------------------------------------------------------
+    @torch.no_grad()
+    def _probabilities(self, model: nn.Module, ids: list[list[int]]) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` in input order, batched by length."""
+        model.eval()
+        out = torch.empty(len(ids), len(self.labels))
+        for batch in bucket_batches(
+            [len(s) for s in ids], self.config.eval.batch_size, shuffle=False
+        ):
+            b = collate_text([ids[i] for i in batch]).to(self.device)
+            out[batch] = model.logits(b.ids, b.lengths).float().softmax(-1).cpu()
+        return out
+
+    def _scores(self, model: nn.Module, ids: list[list[int]], gold: list[int]) -> dict[str, Any]:
+        probs = self._probabilities(model, ids)
+        counts = ClassificationCounts(self.labels.labels)
+        counts.add(gold, probs.argmax(-1).tolist())
+        result = counts.result()
+        picked = probs[torch.arange(len(gold)), torch.tensor(gold)].clamp_min(1e-12)
+        result["loss"] = float(-picked.log().mean()) if gold else float("nan")
+        return result
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        if not self.dev_ids:
+            raise NlpseqError("no dev data: set data.dev", self.config.source)
+        return self._scores(model, self.dev_ids, self.dev_labels)
+
+    def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+        if len(paths) != 1:
+            raise NlpseqError("sentiment evaluation takes one data file")
+        ids, gold = self._encode(self._read(paths[0], self.config.data.dev_split))
+        return self._scores(self.model, ids, gold)
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Label and class probabilities for each text."""
+        probs = self._probabilities(self.model, self.tokenizer.encode_batch(list(texts)))
+        return [
+            {
+                "label": self.labels.decode(int(row.argmax())),
+                "probabilities": {lab: float(p) for lab, p in zip(self.labels.labels, row)},
+            }
+            for row in probs
+        ]
+
+    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
+        chunk: list[str] = []
+        for line in [*lines, None]:
+            if line is not None:
+                chunk.append(line)
+            if chunk and (line is None or len(chunk) == 1024):
+                for result in self.predict(chunk):
+                    yield json.dumps(result) if as_json else result["label"]
+                chunk = []
