@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -76,6 +77,33 @@ class TextBatch(Batch):
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
+
+
+class TokenStore:
+    """Many id sequences in one flat tensor, collated into padded batches without Python
+    loops over examples (the text stages must never be what training waits for)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]):
+        self.lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+        self.flat = torch.tensor(list(itertools.chain.from_iterable(sequences)), dtype=torch.long)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def collate(
+        self, indices: Sequence[int], labels: Tensor | None = None, pad_id: int = 0
+    ) -> TextBatch:
+        """Padded batch of the given examples; empty texts become one pad token."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[index].clamp(min=1)  # (B,)
+        steps = torch.arange(int(lengths.max()))  # (T,)
+        mask = steps.unsqueeze(0) < self.lengths[index].unsqueeze(1)  # (B, T)
+        positions = (self.offsets[index].unsqueeze(1) + steps).clamp(max=max(len(self.flat) - 1, 0))
+        ids = self.flat[positions].masked_fill(~mask, pad_id) if len(self.flat) else \
+            torch.full(mask.shape, pad_id)
+        return TextBatch(ids, lengths, lengths.unsqueeze(1) > steps,
+                         labels[index] if labels is not None else None)
 
 
 def collate_text(

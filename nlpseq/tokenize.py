@@ -98,7 +98,8 @@ class TextTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts (parallel, in Rust)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        # encode_batch_fast skips character offsets, which nlpseq never uses.
+        return [e.ids for e in self.tokenizer.encode_batch_fast(texts)]
 
     def encode_words(self, sentences: list[list[str]]) -> list[list[int]]:
         """Encode already-split sentences: exactly one id per word (word-level tokenizers)."""

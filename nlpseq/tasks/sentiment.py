@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nlpseq.batching import TextBatch, bucket_batches, collate_text
+from nlpseq.batching import TextBatch, TokenStore, bucket_batches
 from nlpseq.checkpoint import atomic_path
 from nlpseq.corpora import LabelledData, load_hub, read_labelled
 from nlpseq.embeddings import pretrained_matrix
@@ -45,8 +45,8 @@ class SentimentTask(Task):
         super().__init__(config)
         self.tokenizer: TextTokenizer | None = None
         self.labels: LabelVocab | None = None
-        self.train_ids: list[list[int]] = []
-        self.train_labels: list[int] = []
+        self.train_ids = TokenStore([])
+        self.train_labels = torch.zeros(0, dtype=torch.long)
         self.dev_ids: list[list[int]] = []
         self.dev_labels: list[int] = []
 
@@ -82,7 +82,8 @@ class SentimentTask(Task):
         else:
             self.tokenizer = TextTokenizer.train(train.texts, self.config.tokenizer)
             self.labels = LabelVocab.from_data(train.labels)
-        self.train_ids, self.train_labels = self._encode(train)
+        ids, labels = self._encode(train)
+        self.train_ids, self.train_labels = TokenStore(ids), torch.tensor(labels)
         log(f"train: {len(self.train_ids)} examples from {train.path}; "
             f"vocabulary {self.tokenizer.vocab_size}; labels {', '.join(self.labels.labels)}")
         if data.dev or data.format == "hub":
@@ -120,12 +121,11 @@ class SentimentTask(Task):
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
         t = self.config.train
         order = bucket_batches(
-            [len(s) for s in self.train_ids], t.batch_size, seed=t.seed * 1000 + epoch,
+            self.train_ids.lengths.tolist(), t.batch_size, seed=t.seed * 1000 + epoch,
             pool=t.bucket_pool,
         )
         return [
-            collate_text([self.train_ids[i] for i in b], [self.train_labels[i] for i in b])
-            for b in shard(order, rank, world_size)
+            self.train_ids.collate(b, self.train_labels) for b in shard(order, rank, world_size)
         ]
 
     # --- evaluation and prediction -------------------------------------------------------
@@ -133,11 +133,12 @@ class SentimentTask(Task):
     def _probabilities(self, model: nn.Module, ids: list[list[int]]) -> torch.Tensor:
         """Class probabilities ``(N, C)`` in input order, batched by length."""
         model.eval()
+        store = TokenStore(ids)
         out = torch.empty(len(ids), len(self.labels))
         for batch in bucket_batches(
-            [len(s) for s in ids], self.config.eval.batch_size, shuffle=False
+            store.lengths.tolist(), self.config.eval.batch_size, shuffle=False
         ):
-            b = collate_text([ids[i] for i in batch]).to(self.device)
+            b = store.collate(batch).to(self.device)
             out[batch] = model.logits(b.ids, b.lengths).float().softmax(-1).cpu()
         return out
 

@@ -1,0 +1,128 @@
+"""``nlpseq bench``: throughput of the text stages, sentiment training and inference, and the
+fraction of the machine's fp32 matmul rate that training reaches.
+
+Figures are medians over repeated timed rounds so a noisy, shared machine disturbs them less.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from nlpseq.batching import TokenStore, bucket_batches
+from nlpseq.config import TokenizerConfig
+from nlpseq.corpora import read_labelled
+from nlpseq.models.classifier import TextClassifier
+from nlpseq.tokenize import TextTokenizer
+
+DEMO = Path(__file__).resolve().parent.parent / "corpora" / "sentiment" / "train.tsv"
+
+
+def _rounds(fn: Callable[[], float], seconds: float, rounds: int = 5) -> list[float]:
+    """Call ``fn`` (which returns work done) repeatedly; rates per round, ``seconds`` in all."""
+    rates = []
+    for _ in range(rounds):
+        start, work = time.perf_counter(), 0.0
+        while True:
+            work += fn()
+            spent = time.perf_counter() - start
+            if spent >= seconds / rounds:
+                break
+        rates.append(work / spent)
+    return rates
+
+
+def matmul_rate(seconds: float = 3.0, size: int = 1024) -> float:
+    """Median fp32 matmul FLOP/s at ``size`` x ``size``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    return statistics.median(_rounds(lambda: (a @ b, 2.0 * size**3)[1], seconds))
+
+
+def lstm_train_flops_per_token(embedding_dim: int, hidden: int, directions: int = 2) -> float:
+    """Matmul FLOPs of one BiLSTM layer per token, forward + backward (3x forward)."""
+    forward = directions * 2 * 4 * hidden * (embedding_dim + hidden)
+    return 3.0 * forward
+
+
+def run_bench(
+    corpora: str = "",
+    batch_size: int = 64,
+    hidden_size: int = 128,
+    embedding_dim: int = 50,
+    seconds: float = 20.0,
+    threads: int = 0,
+) -> dict[str, float | str]:
+    """Measure and return the figures (see module docstring)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    source = Path(corpora) / "sentiment" / "sst2" / "glue_train.tsv" if corpora else DEMO
+    texts = read_labelled(source, "tsv").texts
+    tokenizer = TextTokenizer.train(texts, TokenizerConfig(kind="word", lowercase=True))
+    figures: dict[str, float | str] = {"corpus": str(source), "threads": torch.get_num_threads()}
+
+    chunk = texts[:20000]
+    n_tokens = sum(len(t.split()) for t in chunk)
+
+    def text_stages() -> float:
+        store = TokenStore(tokenizer.encode_batch(chunk))
+        for batch in bucket_batches(store.lengths.tolist(), batch_size, seed=0):
+            store.collate(batch)
+        return len(chunk)
+
+    text_rate = statistics.median(_rounds(text_stages, seconds / 4))
+    figures["text_sentences_per_s"] = text_rate
+    figures["text_tokens_per_s"] = text_rate * n_tokens / len(chunk)
+
+    store = TokenStore(tokenizer.encode_batch(texts))
+    labels = torch.arange(len(store)) % 2
+    batches = [
+        store.collate(b, labels) for b in bucket_batches(store.lengths.tolist(), batch_size, seed=1)
+    ]
+    model = TextClassifier(tokenizer.vocab_size, 2, embedding_dim=embedding_dim,
+                           hidden_size=hidden_size, pooling="max-mean")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    position = [0]
+
+    def train_step() -> float:
+        batch = batches[position[0] % len(batches)]
+        position[0] += 1
+        loss, count, _ = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        (loss / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return batch.num_tokens
+
+    model.train()
+    for _ in range(5):
+        train_step()
+    train_rate = statistics.median(_rounds(train_step, seconds))
+    figures["train_tokens_per_s"] = train_rate
+
+    model.eval()
+    infer_batches = [
+        store.collate(b) for b in bucket_batches(store.lengths[:20000].tolist(), 256, shuffle=False)
+    ]
+    position[0] = 0
+
+    @torch.no_grad()
+    def infer_step() -> float:
+        batch = infer_batches[position[0] % len(infer_batches)]
+        position[0] += 1
+        model.logits(batch.ids, batch.lengths).softmax(-1)
+        return batch.ids.size(0)
+
+    figures["inference_sentences_per_s"] = statistics.median(_rounds(infer_step, seconds / 2))
+    peak = matmul_rate()
+    flops = train_rate * lstm_train_flops_per_token(embedding_dim, hidden_size)
+    figures["matmul_gflops"] = peak / 1e9
+    figures["train_gflops"] = flops / 1e9
+    figures["train_fraction_of_matmul"] = flops / peak
+    figures["text_over_train_tokens"] = figures["text_tokens_per_s"] / train_rate
+    return figures
