@@ -62,6 +62,7 @@ class TrainerState:
     elapsed: float = 0.0  # seconds trained before this process (resume)
     tokens: int = 0
     finished: bool = False
+    stopped: str = ""  # why it finished: epochs, early stopping, time budget
     optimizer: dict = field(default_factory=dict)
 
 
@@ -171,8 +172,16 @@ def train(
         if rng is not None:
             torch.set_rng_state(rng)
         log(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}")
-        if state.finished:
+        # A finished run continues when the new settings allow more: more epochs, or a larger
+        # time budget; a run that stopped early stays stopped.
+        if state.finished and (
+            state.stopped == "early stopping"
+            or state.epoch >= t.epochs
+            or (t.max_minutes > 0 and state.elapsed + 1.0 >= t.max_minutes * 60)
+        ):
             log("that run had finished; nothing to do")
+        else:
+            state.finished = False
     elif rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         with ckpt.atomic_path(run_dir / ckpt.CONFIG) as tmp:
@@ -191,14 +200,16 @@ def train(
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
     history = ckpt.read_jsonl(run_dir / ckpt.HISTORY) if resume else []
     eval_seconds = 0.0
-    stop_reason = "epochs"
+    stop_reason = (state.stopped or "epochs") if state.finished else "epochs"
     batches_per_epoch = len(task.train_batches(0, rank, world))
     if batches_per_epoch == 0:
         raise NlpseqError("no training batches: the training data is empty", config.data.train)
     total_steps = t.epochs * batches_per_epoch
 
+    elapsed_before = state.elapsed  # seconds trained by earlier processes (resume)
+
     def elapsed() -> float:
-        return state.elapsed + time.monotonic() - started
+        return elapsed_before + time.monotonic() - started
 
     def evaluate_and_save(train_loss: float, tokens_per_s: float, epoch_label: int) -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
@@ -274,7 +285,7 @@ def train(
             optimizer.step()
             state.step += 1
             state.batch = index + 1
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             loss_count += int(count)
             tokens += batch.num_tokens
             state.tokens += batch.num_tokens
@@ -296,7 +307,8 @@ def train(
                 if stop:
                     break
         bar.close()
-    state.finished = True
+    if not state.finished:
+        state.finished, state.stopped = True, stop_reason
     if rank == 0 and (run_dir / ckpt.TRAINER_STATE).exists():
         state.elapsed = elapsed()
         ckpt.write_json(run_dir / ckpt.TRAINER_STATE, asdict(state))

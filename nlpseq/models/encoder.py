@@ -30,12 +30,30 @@ def length_mask(lengths: Tensor, steps: int) -> Tensor:
     return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def _run_direction(rnn: nn.RNNBase, x: Tensor, reverse: bool) -> Tensor:
+    """Run one direction of a one-layer (bidirectional) ``rnn`` over ``x`` (B, T, In).
+
+    Calls the same fused kernel ``rnn.forward`` uses, with that direction's weights only.
+    """
+    suffix = "_reverse" if reverse else ""
+    weights = [getattr(rnn, f"{name}_l0{suffix}") for name in
+               ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    h0 = x.new_zeros(1, x.size(0), rnn.hidden_size)
+    if isinstance(rnn, nn.LSTM):
+        return torch._VF.lstm(x, (h0, h0), weights, True, 1, 0.0, rnn.training, False, True)[0]
+    if isinstance(rnn, nn.GRU):
+        return torch._VF.gru(x, h0, weights, True, 1, 0.0, rnn.training, False, True)[0]
+    return torch._VF.rnn_tanh(x, h0, weights, True, 1, 0.0, rnn.training, False, True)[0]
+
+
 class RecurrentEncoder(nn.Module):
     """Embed token ids and run a stacked recurrent network over them.
 
     ``forward(ids (B,T), lengths (B,), extra (B,T,E2) | None)`` returns ``outputs (B,T,D)`` with
     zeros at padded positions and ``final (B,D)``: the forward direction's state at each
     sequence's last real token concatenated with the backward direction's state at its first.
+    When every sequence in a batch has the same length (length bucketing makes that common)
+    a bidirectional layer runs as one fused call.
     """
 
     def __init__(
@@ -68,34 +86,39 @@ class RecurrentEncoder(nn.Module):
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.dropout = nn.Dropout(dropout)
         directions = 2 if bidirectional else 1
-        rnn = CELLS[cell]
         input_size = embedding_dim + extra_dim
-        self.forward_layers = nn.ModuleList()
-        self.backward_layers = nn.ModuleList()
-        for layer in range(layers):
-            size = input_size if layer == 0 else hidden_size * directions
-            self.forward_layers.append(rnn(size, hidden_size, batch_first=True))
-            if bidirectional:
-                self.backward_layers.append(rnn(size, hidden_size, batch_first=True))
+        self.layers = nn.ModuleList(
+            CELLS[cell](
+                input_size if layer == 0 else hidden_size * directions, hidden_size,
+                batch_first=True, bidirectional=bidirectional,
+            )
+            for layer in range(layers)
+        )
         self.output_size = hidden_size * directions
 
     def forward(
         self, ids: Tensor, lengths: Tensor, extra: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        mask = length_mask(lengths.to(ids.device), ids.size(1)).unsqueeze(-1)  # (B, T, 1)
+        lengths = lengths.to(ids.device)
+        steps = ids.size(1)
+        ragged = bool((lengths != steps).any())
         x = self.embedding(ids)  # (B, T, E)
         if extra is not None:
             x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
         x = self.embedding_dropout(x)
-        for layer, forward_rnn in enumerate(self.forward_layers):
-            if layer > 0:
+        for index, rnn in enumerate(self.layers):
+            if index > 0:
                 x = self.dropout(x)
-            out, _ = forward_rnn(x)  # (B, T, H)
-            if self.bidirectional:
-                back, _ = self.backward_layers[layer](reverse_padded(x, lengths))
-                out = torch.cat([out, reverse_padded(back, lengths)], dim=-1)  # (B, T, 2H)
-            x = out * mask
-        last = (lengths.to(ids.device) - 1).clamp(min=0)
+            if not ragged or not self.bidirectional:
+                # Forward direction only sees padding after the real tokens: safe.
+                x, _ = rnn(x)  # (B, T, D)
+            else:
+                forward = _run_direction(rnn, x, reverse=False)  # (B, T, H)
+                backward = _run_direction(rnn, reverse_padded(x, lengths), reverse=True)
+                x = torch.cat([forward, reverse_padded(backward, lengths)], dim=-1)  # (B, T, 2H)
+            if ragged:
+                x = x * length_mask(lengths, steps).unsqueeze(-1).to(x.dtype)
+        last = (lengths - 1).clamp(min=0)
         final = x[torch.arange(x.size(0), device=x.device), last, : self.hidden_size]  # (B, H)
         if self.bidirectional:
             final = torch.cat([final, x[:, 0, self.hidden_size :]], dim=-1)  # (B, 2H)
