@@ -89,7 +89,11 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     except (OSError, Exception) as err:
         raise NlpseqError(f"cannot read weights: {err}", path) from None
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ from the configured model
+        problem = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise NlpseqError(f"weights do not match the model: {problem}", path) from None
     # Tied parameters are saved once; their aliases show up as missing and are fine.
     tied = {k for k in missing if _is_alias(module, k, state)}
     if set(missing) - tied or unexpected:
@@ -107,13 +111,19 @@ def _is_alias(module: torch.nn.Module, key: str, saved: dict) -> bool:
 
 
 def save_optimizer(
-    optimizer: torch.optim.Optimizer, path: str | Path, rng: torch.Tensor | None = None
+    optimizer: torch.optim.Optimizer,
+    path: str | Path,
+    rng: torch.Tensor | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Optimizer tensors (and the RNG state) -> safetensors; returns the JSON-able rest."""
+    """Optimizer tensors (plus the RNG state and ``extra`` trainer tensors, e.g. averaged
+    weights) -> safetensors; returns the JSON-able rest."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     if rng is not None:
         tensors["rng"] = rng
+    for key, value in (extra or {}).items():
+        tensors[f"extra/{key}"] = value.detach().contiguous().cpu()
     for index, values in state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
@@ -127,16 +137,19 @@ def save_optimizer(
 
 def load_optimizer(
     optimizer: torch.optim.Optimizer, path: str | Path, rest: dict
-) -> torch.Tensor | None:
-    """Restore what :func:`save_optimizer` wrote; returns the saved RNG state, if any."""
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Restore what :func:`save_optimizer` wrote; returns the RNG state and extra tensors."""
     tensors = load_file(str(path))
     rng = tensors.pop("rng", None)
+    extra = {
+        k.removeprefix("extra/"): tensors.pop(k) for k in list(tensors) if k.startswith("extra/")
+    }
     state: dict[int, dict[str, Any]] = {}
     for key, value in [*tensors.items(), *rest["scalars"].items()]:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
-    return rng
+    return rng, extra
 
 
 def check_run_dir(run_dir: str | Path) -> Path:

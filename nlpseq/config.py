@@ -108,11 +108,17 @@ class NerModelConfig:
     casing_dim: int = 8
     output: Literal["crf", "softmax"] = "crf"
     train_scheme: Literal["iob1", "iob2", "bioes"] = "bioes"
+    # Probability of replacing a known word by <unk> in training (teaches the unknown-word path).
+    word_dropout: float = 0.0
+    # Also feed the whole pretrained table, frozen, so words unseen in training keep their
+    # vectors (stored once in the run directory; needs embeddings.path).
+    frozen_vectors: bool = True
 
 
 @dataclass(frozen=True)
 class CharLMModelConfig:
-    """Unidirectional character language model."""
+    """Unidirectional character language model, trained statefully (truncated BPTT):
+    ``train.batch_size`` contiguous lanes read ``seq_len`` characters at a time."""
 
     cell: Literal["lstm", "gru"] = "lstm"
     embedding_dim: int = 64
@@ -121,6 +127,12 @@ class CharLMModelConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     seq_len: int = 100
+    # bfloat16 autocast inside the model, on CPU too (train.bf16 covers CUDA only): about 2x
+    # faster training on CPUs with AMX/AVX512-BF16, slower on CPUs without them.
+    bf16: bool = False
+    # Validation reads eval.batch_size lanes; each lane first reads this many characters
+    # before its start (not scored) so that it does not begin from an empty state.
+    eval_context: int = 100
 
 
 @dataclass(frozen=True)
@@ -134,9 +146,20 @@ class TranslateModelConfig:
     dropout: float = 0.2
     embedding_dropout: float = 0.0
     attention: Literal["bahdanau", "general", "dot"] = "general"
-    teacher_forcing: float = 1.0
-    tie_embeddings: bool = True
+    teacher_forcing: float = 1.0  # < 1 feeds the model's own predictions (slower: step loop)
+    tie_embeddings: bool = True  # decoder input embedding = output projection
+    share_embeddings: bool = True  # one embedding for source and target (joint tokenizer only)
     label_smoothing: float = 0.1
+    # bfloat16 autocast inside the model, on CPU too (train.bf16 covers CUDA only): much faster
+    # on CPUs with AMX/AVX512-BF16, slower on CPUs without them.
+    bf16: bool = False
+    # Decoding: at most max_length_a * source_length + max_length_b target tokens; GNMT length
+    # penalty alpha (0 = none); beam used for dev BLEU during training (eval.beam is used by
+    # ``evaluate`` and ``translate``; 1 = greedy, the fastest).
+    max_length_a: float = 1.5
+    max_length_b: int = 10
+    length_penalty: float = 0.6
+    dev_beam: int = 1
 
 
 MODEL_CONFIGS: dict[str, type] = {
@@ -171,6 +194,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
     bucket_pool: int = 50  # batches per length-sorting pool
     resume: bool = False
+    # Evaluate and save an exponential moving average of the weights (0 = off; e.g. 0.999).
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -278,19 +303,35 @@ def _coerce(value: Any, annotation: Any, where: str, path: str | None, line: int
     return value
 
 
+def _closest_hint(key: str, names: list[str], prefix: str = "") -> str:
+    """``; did you mean X?`` or, when nothing is close, the closest key and all valid keys."""
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    closest = difflib.get_close_matches(key, names, n=1, cutoff=0.0)
+    if not closest:
+        return ""
+    return (f"; the closest valid key is {prefix}{closest[0]} "
+            f"(valid: {', '.join(prefix + n for n in names)})")
+
+
 def _build_section(
-    cls: type, values: dict, section: str, path: str | None, lines: dict[str, int]
+    cls: type, values: dict, section: str, path: str | None, lines: dict[str, int],
+    overridden: frozenset[str] = frozenset(),
 ) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        line = lines.get(f"{section}.{key}")
+        where, where_path = f"{section}.{key}", path
+        line = lines.get(where)
+        if where in overridden:
+            # The value came from --set: pointing at the file line it replaced would mislead.
+            where, where_path, line = f"--set {where}", None, None
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {section}.{close[0]}?" if close else ""
-            raise NlpseqError(f"unknown key {section}.{key}{hint}", path, line)
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", path, line)
+            hint = _closest_hint(str(key), names, f"{section}.")
+            raise NlpseqError(f"unknown key {section}.{key}{hint}", where_path, line)
+        kwargs[key] = _coerce(value, hints[key], where, where_path, line)
     for f in dataclasses.fields(cls):
         # Defaults may use ${VAR:-default} too (e.g. the cache directory).
         if f.name not in kwargs and isinstance(f.default, str) and "${" in f.default:
@@ -343,7 +384,9 @@ def config_from_dict(
     if not isinstance(raw, dict):
         raise NlpseqError("a pipeline must be a mapping of sections", path, 1)
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for section, values in parse_overrides(overrides).items():
+    parsed = parse_overrides(overrides)
+    overridden = frozenset(f"{s}.{k}" for s, values in parsed.items() for k in values)
+    for section, values in parsed.items():
         if section == "task":
             raise NlpseqError("the task cannot be overridden with --set")
         if section not in raw or raw[section] is None:
@@ -367,7 +410,7 @@ def config_from_dict(
         values = raw.get(section) or {}
         if not isinstance(values, dict):
             raise NlpseqError(f"section {section} must be a mapping", path, lines.get(section))
-        built[section] = _build_section(cls, values, section, path, lines)
+        built[section] = _build_section(cls, values, section, path, lines, overridden)
     return PipelineConfig(**built, source=str(path or ""))
 
 

@@ -8,11 +8,13 @@ state for resume, history). Under ``torchrun`` it trains with DistributedDataPar
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,39 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     run_dir: Path
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights, swapped in for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights."""
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, backup)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {str(i): a for i, a in enumerate(self.average)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for i, a in enumerate(self.average):
+                a.copy_(tensors[str(i)])
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -158,6 +193,7 @@ def train(
     model = task.build_model(log, pretrained=not resume).to(device)
     optimizer = make_optimizer(model, t)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
+    average = WeightAverage(model, t.ema) if t.ema > 0 else None
     metric = config.eval.metric or task.default_metric
     if metric not in task.metrics:
         raise NlpseqError(
@@ -168,7 +204,9 @@ def train(
     if resume:
         state = TrainerState(**ckpt.read_json(run_dir / ckpt.TRAINER_STATE))
         ckpt.load_weights(model, run_dir / ckpt.LAST_WEIGHTS)
-        rng = ckpt.load_optimizer(optimizer, run_dir / ckpt.OPTIMIZER, state.optimizer)
+        rng, extra = ckpt.load_optimizer(optimizer, run_dir / ckpt.OPTIMIZER, state.optimizer)
+        if average is not None and extra:
+            average.load(extra)
         if rng is not None:
             torch.set_rng_state(rng)
         log(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}")
@@ -215,10 +253,13 @@ def train(
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
         nonlocal eval_seconds
         t0 = time.monotonic()
-        metrics = task.evaluate(model)
+        with average.applied() if average else contextlib.nullcontext():
+            metrics = task.evaluate(model)
+            value = float(metrics[metric])
+            improved = state.best is None or (value > state.best if higher else value < state.best)
+            if improved and rank == 0:
+                ckpt.save_weights(model, run_dir / ckpt.WEIGHTS)
         eval_seconds = time.monotonic() - t0
-        value = float(metrics[metric])
-        improved = state.best is None or (value > state.best if higher else value < state.best)
         if improved:
             state.best, state.best_epoch = value, epoch_label
             state.bad_evals = state.plateau_evals = 0
@@ -239,7 +280,6 @@ def train(
             f"dev {metric} {value:.4f}{mark} ({tokens_per_s:,.0f} tokens/s)")
         if rank == 0:
             if improved:
-                ckpt.save_weights(model, run_dir / ckpt.WEIGHTS)
                 ckpt.write_json(run_dir / ckpt.METRICS, {
                     "selection_metric": metric, "best_epoch": epoch_label,
                     "step": state.step, "dev": metrics,
@@ -247,7 +287,8 @@ def train(
             ckpt.append_jsonl(run_dir / ckpt.HISTORY, record)
             ckpt.save_weights(model, run_dir / ckpt.LAST_WEIGHTS)
             state.optimizer = ckpt.save_optimizer(
-                optimizer, run_dir / ckpt.OPTIMIZER, rng=torch.get_rng_state()
+                optimizer, run_dir / ckpt.OPTIMIZER, rng=torch.get_rng_state(),
+                extra=average.state() if average else None,
             )
             state.elapsed = elapsed()
             ckpt.write_json(run_dir / ckpt.TRAINER_STATE, asdict(state))
@@ -283,6 +324,8 @@ def train(
             if t.clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             state.step += 1
             state.batch = index + 1
             loss_sum += loss.item()
