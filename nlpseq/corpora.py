@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +46,30 @@ def check_utf8(path: str | Path) -> None:
         raise NlpseqError("data file is empty", path)
 
 
+def _decode_lines(handle: Iterable[bytes], name: str | Path) -> Iterator[tuple[int, str]]:
+    for number, raw in enumerate(handle, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise NlpseqError(
+                f"invalid UTF-8 (byte {err.start} of the line)", name, number
+            ) from None
+        yield number, line.rstrip("\r\n")
+
+
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` without the newline; invalid UTF-8 is an error."""
     path = _check_file(path)
     with _raw_bytes(path) as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise NlpseqError(
-                    f"invalid UTF-8 (byte {err.start} of the line)", path, number
-                ) from None
-            yield number, line.rstrip("\r\n")
+        yield from _decode_lines(handle, path)
+
+
+def read_stdin_lines() -> Iterator[tuple[int, str]]:
+    """:func:`read_lines` for standard input (bytes decoded here: the locale's text stdin
+    would turn invalid UTF-8 into surrogates that fail later, far from the input line)."""
+    import sys
+
+    yield from _decode_lines(sys.stdin.buffer, "<stdin>")
 
 
 def read_text(path: str | Path) -> str:
@@ -73,6 +85,49 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise NlpseqError("data file is empty", path)
     return text
+
+
+def _row_lines(path: Path, fmt: str) -> list[int] | None:
+    """The file line each data row starts on (pandas and Arrow skip blank lines, so the row
+    index alone would misplace errors); a TSV/CSV row whose field count differs from the
+    header's is an error here, before it could shift a text into the label column.
+    None when the csv module cannot follow the file (pandas then has the last word)."""
+    import csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        if fmt == "jsonl":
+            return [number for number, line in enumerate(handle, 1) if line.strip()]
+        if fmt == "tsv":  # no quoting: one line is one row
+            rows = ((n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(handle, 1))
+            rows = ((n, row) for n, row in rows if row != [""])
+        else:
+            reader = csv.reader(handle)
+
+            def numbered() -> Iterator[tuple[int, list[str]]]:
+                previous = 0
+                for row in reader:
+                    start, previous = previous + 1, reader.line_num
+                    if row:
+                        yield start, row
+
+            rows = numbered()
+        starts: list[int] = []
+        width = None
+        try:
+            for start, row in rows:
+                if width is None:
+                    width = len(row)  # the header
+                elif len(row) != width:
+                    raise NlpseqError(
+                        f"row has {len(row)} {fmt.upper()} fields, the header has {width}",
+                        path, start,
+                    )
+                else:
+                    starts.append(start)
+        except csv.Error:  # e.g. a field over the csv module's size limit
+            return None
+    return starts
 
 
 @dataclass
@@ -111,6 +166,9 @@ def read_labelled(
         kwargs, builder, first_line = {}, "json", 1
     else:
         raise NlpseqError(f"format {fmt!r} is not a labelled-text format", path)
+    row_lines = _row_lines(path, fmt)
+    if row_lines == []:
+        raise NlpseqError("data file has no rows", path)
     try:
         data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # pandas/arrow parse errors carry their own line numbers
@@ -128,7 +186,9 @@ def read_labelled(
     labels: list[str | None] = [None] * len(texts)
     if has_labels:
         labels = [None if v is None or str(v).strip() == "" else str(v) for v in data[label_column]]
-    lines = [first_line + i for i in range(len(texts))]
+    lines = row_lines
+    if lines is None or len(lines) != len(texts):  # the scan could not mirror the layout
+        lines = [first_line + i for i in range(len(texts))]
     if require_labels:
         for line, label in zip(lines, labels):
             if label is None:
@@ -153,3 +213,136 @@ def load_hub(name: str, config: str, split: str, timeout: float = 5.0):
         return datasets.load_dataset(name, config or None, split=split)
     except Exception as err:
         raise NlpseqError(f"hub dataset {name!r}: {str(err).splitlines()[0]}") from None
+
+
+@dataclass
+class ParallelData:
+    """Line-parallel sentence pairs; ``lines[i]`` is the file line of pair ``i``."""
+
+    sources: list[str]
+    targets: list[str]
+    lines: list[int]
+    source_path: str
+    target_path: str
+
+    def select(self, keep: list[bool]) -> ParallelData:
+        """The pairs where ``keep`` is true."""
+        pick = [i for i, k in enumerate(keep) if k]
+        return ParallelData(
+            [self.sources[i] for i in pick], [self.targets[i] for i in pick],
+            [self.lines[i] for i in pick], self.source_path, self.target_path,
+        )
+
+
+def read_parallel(source: str | Path, target: str | Path) -> ParallelData:
+    """Read line-parallel source and target files (``.gz`` read transparently).
+
+    Line ``i`` of one file translates line ``i`` of the other, so files with different line
+    counts are an error naming both files and both counts. Pairs where either side is empty
+    are kept here (the task drops them from training and reports how many).
+    """
+    sources = [line.strip() for _, line in read_lines(source)]
+    targets = [line.strip() for _, line in read_lines(target)]
+    if len(sources) != len(targets):
+        raise NlpseqError(
+            f"parallel files differ in length: {source} has {len(sources)} lines, "
+            f"{target} has {len(targets)} lines"
+        )
+    if not sources:
+        raise NlpseqError("data file is empty", source)
+    return ParallelData(sources, targets, list(range(1, len(sources) + 1)), str(source),
+                        str(target))
+
+
+@dataclass
+class TaggedData:
+    """Sentences of tokens with one tag per token (``tags`` is None for untagged input);
+    ``lines[i]`` is the file line sentence ``i`` starts on."""
+
+    tokens: list[list[str]]
+    tags: list[list[str]] | None
+    lines: list[int]
+    path: str
+
+
+def parse_conll(
+    lines: Iterable[tuple[int, str]],
+    path: str | Path,
+    tag_column: int = -1,
+    scheme: str | None = None,
+    *,
+    require_tags: bool = True,
+) -> TaggedData:
+    """Parse numbered CoNLL column lines (``token ... tag``, whitespace-separated).
+
+    Blank lines end sentences; ``-DOCSTART-`` lines are document boundaries, not tokens. Every
+    token line must have as many columns as the first one. With ``scheme`` each tag is checked
+    against it. Without ``require_tags`` a one-column file (tokens only) is accepted.
+    """
+    from nlpseq.tagschemes import validate_tag
+
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    starts: list[int] = []
+    sentence: list[str] = []
+    sentence_tags: list[str] = []
+    width = column = first_line = None
+    valid: set[str] = set()  # tags already checked against the scheme
+
+    def close() -> None:
+        if sentence:
+            tokens.append(list(sentence))
+            tags.append(list(sentence_tags))
+            sentence.clear()
+            sentence_tags.clear()
+
+    for number, line in lines:
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            close()
+            continue
+        if width is None:
+            width, first_line = len(fields), number
+            if require_tags and width < 2:
+                raise NlpseqError("expected at least 2 columns (token and tag), found 1",
+                                  path, number)
+            if width > 1:
+                column = tag_column if tag_column >= 0 else width + tag_column
+                if not 1 <= column < width:
+                    raise NlpseqError(
+                        f"tag column {tag_column} does not exist in {width} columns "
+                        "(column 0 is the token)", path, number,
+                    )
+        elif len(fields) != width:
+            raise NlpseqError(
+                f"line has {len(fields)} columns, the first token line (line {first_line}) "
+                f"has {width}", path, number,
+            )
+        if not sentence:
+            starts.append(number)
+        sentence.append(fields[0])
+        if column is not None:
+            tag = fields[column]
+            if scheme is not None and tag not in valid:
+                try:
+                    validate_tag(tag, scheme)
+                except ValueError as err:
+                    raise NlpseqError(str(err), path, number) from None
+                valid.add(tag)
+            sentence_tags.append(tag)
+    close()
+    if not tokens:
+        raise NlpseqError("no sentences in the CoNLL data", path)
+    return TaggedData(tokens, tags if column is not None else None, starts, str(path))
+
+
+def read_conll(
+    path: str | Path,
+    tag_column: int = -1,
+    scheme: str | None = None,
+    *,
+    require_tags: bool = True,
+) -> TaggedData:
+    """Read a CoNLL column file (``.gz`` allowed); see :func:`parse_conll`."""
+    path = _check_file(path)
+    return parse_conll(read_lines(path), path, tag_column, scheme, require_tags=require_tags)

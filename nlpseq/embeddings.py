@@ -45,19 +45,25 @@ class Coverage:
         )
 
 
-def _locate_bad_row(path: Path) -> tuple[int, str]:
-    """Find the first row whose dimension differs from the first row's (after a load error)."""
+def _locate_bad_row(path: Path, header: bool = False) -> tuple[int, str]:
+    """Find the first row whose dimension differs from the first row's (after a load error);
+    with a word2vec ``header`` ("count dim"), rows must have the header's dimension."""
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        first = None
+        first, source = None, "the first row has"
         for number, line in enumerate(handle, 1):
+            if header and number == 1:
+                fields = line.split()
+                if len(fields) == 2 and fields[1].isdigit():
+                    first, source = int(fields[1]), "the header says"
+                continue
             width = len(line.rstrip().split(" ")) - 1
             if first is None:
                 first = width
             elif width != first:
-                return number, f"row has {width} values, the first row has {first}"
+                return number, f"row has {width} values, {source} {first}"
     return 0, "cannot parse the vectors"
 
 
@@ -93,7 +99,7 @@ def load_vectors(path: str, fmt: str):
         raise NlpseqError("embeddings file is not valid UTF-8", file) from None
     except (ValueError, EOFError) as err:
         if fmt in ("glove", "word2vec"):
-            line, problem = _locate_bad_row(file)
+            line, problem = _locate_bad_row(file, header=fmt == "word2vec")
             raise NlpseqError(f"bad embeddings row: {problem}", file, line or None) from None
         raise NlpseqError(f"cannot read embeddings: {err}", file) from None
 

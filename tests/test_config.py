@@ -1,0 +1,161 @@
+"""Pipeline configuration: validation messages, environment variables, --set overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nlpseq.config import load_config
+from nlpseq.errors import NlpseqError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_unknown_key_names_key_file_line_and_closest_key(tmp_path):
+    path = write(tmp_path, "task: sentiment\ntrain:\n  epochs: 2\n  lr: 0.1\n  epoch: 3\n")
+    with pytest.raises(NlpseqError) as err:
+        load_config(path)
+    assert err.value.path == str(path)
+    assert err.value.line == 5
+    assert str(err.value).startswith(f"{path}:5: ")
+    assert "train.epoch" in str(err.value) and "train.epochs" in str(err.value)
+
+
+def test_unknown_key_far_from_any_key_still_names_the_closest(tmp_path):
+    path = write(tmp_path, "task: sentiment\nmodel:\n  hidden_sise: 3\n  zzzz: 1\n")
+    with pytest.raises(NlpseqError, match=r"p\.yaml:3: .*model\.hidden_size"):
+        load_config(path)
+    path = write(tmp_path, "task: sentiment\ntrain:\n  lerning_rate: 0.1\n")
+    with pytest.raises(NlpseqError) as err:
+        load_config(path)
+    assert err.value.line == 3
+    assert "train.lerning_rate" in str(err.value)
+    assert "train.lr" in str(err.value)  # the valid keys are listed when nothing is close
+
+
+def test_unknown_section(tmp_path):
+    path = write(tmp_path, "task: sentiment\ntrian:\n  lr: 0.1\n")
+    with pytest.raises(NlpseqError, match=r"p\.yaml:2: .*'trian'.*train"):
+        load_config(path)
+
+
+def test_wrong_type_names_file_and_line(tmp_path):
+    path = write(tmp_path, "task: sentiment\nmodel:\n  cell: lstm\n  hidden_size: big\n")
+    with pytest.raises(NlpseqError) as err:
+        load_config(path)
+    assert (err.value.path, err.value.line) == (str(path), 4)
+    assert "model.hidden_size" in str(err.value) and "integer" in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: sentiment\nmodel:\n  cell: cnn\n", "not one of rnn, lstm, gru"),
+    ("task: sentiment\ntrain:\n  resume: maybe\n", "true/false"),
+    ("task: sentiment\ntrain:\n  epochs: 2.5\n", "integer"),
+    ("task: sentiment\ntrain:\n  lr: fast\n", "number"),
+    ("task: parsing\n", "task must be one of"),
+])
+def test_bad_values(tmp_path, text, message):
+    with pytest.raises(NlpseqError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = write(tmp_path, "task: sentiment\ntrain:\n  lr: [1\n")
+    with pytest.raises(NlpseqError, match="invalid YAML") as err:
+        load_config(path)
+    assert err.value.path == str(path) and err.value.line is not None
+
+
+def test_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLPSEQ_TEST_DIR", "/data/x")
+    monkeypatch.delenv("NLPSEQ_TEST_UNSET", raising=False)
+    path = write(tmp_path, (
+        "task: sentiment\n"
+        "data:\n"
+        "  train: ${NLPSEQ_TEST_DIR}/train.tsv\n"
+        "  dev: ${NLPSEQ_TEST_UNSET:-/fallback}/dev.tsv\n"
+        "train:\n"
+        "  epochs: ${NLPSEQ_TEST_EPOCHS:-7}\n"
+    ))
+    config = load_config(path)
+    assert config.data.train == "/data/x/train.tsv"
+    assert config.data.dev == "/fallback/dev.tsv"
+    assert config.train.epochs == 7  # a string from the default, typed by the field
+
+    monkeypatch.setenv("NLPSEQ_TEST_UNSET", "/set")
+    assert load_config(path).data.dev == "/set/dev.tsv"
+
+    bad = write(tmp_path, "task: sentiment\ndata:\n  train: ${NLPSEQ_TEST_NOPE}/t.tsv\n")
+    monkeypatch.delenv("NLPSEQ_TEST_NOPE", raising=False)
+    with pytest.raises(NlpseqError, match="NLPSEQ_TEST_NOPE") as err:
+        load_config(bad)
+    assert err.value.line == 3
+
+
+def test_overrides_are_typed_by_field(tmp_path):
+    path = write(tmp_path, "task: sentiment\ntrain:\n  epochs: 2\n  lr: 0.1\n")
+    config = load_config(path, [
+        "train.epochs=5", "train.lr=1e-2", "train.clip=1", "train.resume=true",
+        "model.cell=gru", "model.bidirectional=false", "data.text_column=123", "train.lr=0.02",
+    ])
+    assert config.train.epochs == 5 and type(config.train.epochs) is int
+    assert config.train.lr == 0.02  # the last --set wins
+    assert config.train.clip == 1.0 and type(config.train.clip) is float
+    assert config.train.resume is True
+    assert config.model.cell == "gru" and config.model.bidirectional is False
+    assert config.data.text_column == "123"
+    assert load_config(path, ["train.lr=1e-3"]).train.lr == 1e-3  # YAML 1.1 reads this as str
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=2.5", "train.epochs: expected an integer"),
+    ("train.resume=maybe", "train.resume: expected true/false"),
+    ("model.cell=cnn", "model.cell: 'cnn' is not one of"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs"),
+    ("trian.lr=1", "unknown section 'trian'"),
+    ("train.lr", "expected section.key=value"),
+    ("task=ner", "expected section.key=value"),
+])
+def test_bad_overrides(tmp_path, override, message):
+    path = write(tmp_path, "task: sentiment\ntrain:\n  epochs: 2\n  lr: 0.1\n")
+    with pytest.raises(NlpseqError, match=message) as err:
+        load_config(path, [override])
+    # The error is in the --set value, not at the file line of the key it overrides.
+    assert err.value.line is None
+
+
+def test_sections_are_frozen(tmp_path):
+    config = load_config(write(tmp_path, "task: sentiment\n"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.task = "ner"
+    assert dataclasses.replace(config.train, lr=1.0).lr == 1.0
+
+
+def test_defaults_and_model_section_per_task(tmp_path):
+    config = load_config(write(tmp_path, "task: sentiment\n"))
+    assert type(config.model).__name__ == "SentimentModelConfig"
+    assert config.source == str(tmp_path / "p.yaml")
+    assert "${" not in config.embeddings.cache_dir  # defaults expand ${VAR:-default} too
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    from nlpseq.config import save_config
+
+    config = load_config(write(tmp_path, "task: sentiment\ntrain:\n  lr: 0.5\n"),
+                         ["model.pooling=attention"])
+    save_config(config, tmp_path / "saved.yaml")
+    again = load_config(tmp_path / "saved.yaml")
+    assert again.to_dict() == config.to_dict()
+
+
+def test_missing_pipeline_file(tmp_path):
+    with pytest.raises(NlpseqError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,159 @@
+"""Labelled-text readers: formats, gzip, and bad input named by file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from nlpseq.corpora import check_utf8, read_labelled, read_lines, read_text
+from nlpseq.errors import NlpseqError
+
+
+def write(tmp_path, name: str, data: str | bytes):
+    path = tmp_path / name
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.write_bytes(data)
+    return path
+
+
+def test_tsv_keeps_quotes_and_string_labels(tmp_path):
+    path = write(tmp_path, "d.tsv", 'label\ttext\n1\the said "great" film\n0\tbad , \'meh\'\n')
+    data = read_labelled(path, "tsv")
+    assert data.texts == ['he said "great" film', "bad , 'meh'"]
+    assert data.labels == ["1", "0"]
+    assert data.lines == [2, 3]
+    assert data.path == str(path)
+
+
+def test_csv_jsonl_and_gzip(tmp_path):
+    csv = write(tmp_path, "d.csv", 'sentence,y\n"good, really",pos\nbad,neg\n')
+    data = read_labelled(csv, "csv", "sentence", "y")
+    assert (data.texts, data.labels) == (["good, really", "bad"], ["pos", "neg"])
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    jsonl = write(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert read_labelled(jsonl, "jsonl").labels == ["1", "0"]
+    gz = tmp_path / "d.tsv.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as handle:
+        handle.write("label\ttext\npos\tgood\n")
+    assert read_labelled(gz, "tsv").texts == ["good"]
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path, "d.tsv", "label\ttext\n1\tgood\n\n0\tbad\n\n\n\tno label\n")
+    with pytest.raises(NlpseqError) as err:
+        read_labelled(path, "tsv")
+    assert (err.value.path, err.value.line) == (str(path), 7)
+    ok = write(tmp_path, "ok.tsv", "label\ttext\n1\tgood\n\n0\tbad\n")
+    assert read_labelled(ok, "tsv").lines == [2, 4]
+
+
+def test_row_without_label_field_is_an_error_not_a_label(tmp_path):
+    # The text "awful" must not become a label when the label column comes first.
+    path = write(tmp_path, "d.tsv", "label\ttext\n1\tgood film\n0\tbad film\nawful\n")
+    with pytest.raises(NlpseqError) as err:
+        read_labelled(path, "tsv")
+    assert (err.value.path, err.value.line) == (str(path), 4)
+    assert "fields" in str(err.value)
+
+
+def test_csv_row_with_missing_field_and_multiline_quotes(tmp_path):
+    path = write(tmp_path, "d.csv", 'label,text\npos,"two\nlines"\n\nneg\n')
+    with pytest.raises(NlpseqError, match="1 CSV fields") as err:
+        read_labelled(path, "csv")
+    assert err.value.line == 5
+    ok = write(tmp_path, "ok.csv", 'label,text\npos,"two\nlines"\n\nneg,bad\n')
+    data = read_labelled(ok, "csv")
+    assert data.texts == ["two\nlines", "bad"] and data.lines == [2, 5]
+
+
+def test_very_long_fields(tmp_path):
+    long = "word " * 40000  # longer than the csv module's default field limit
+    for fmt, sep in (("tsv", "\t"), ("csv", ",")):
+        path = write(tmp_path, f"d.{fmt}", f"label{sep}text\npos{sep}{long}\nneg{sep}bad\n")
+        assert read_labelled(path, fmt).texts[0] == long
+
+
+def test_row_with_empty_label(tmp_path):
+    path = write(tmp_path, "d.tsv", "text\tlabel\ngood\t1\nbad\t\n")
+    with pytest.raises(NlpseqError, match="no value in column 'label'") as err:
+        read_labelled(path, "tsv")
+    assert err.value.line == 3
+    data = read_labelled(path, "tsv", require_labels=False)
+    assert data.labels == ["1", None]
+
+
+def test_jsonl_row_without_label(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b"}\n')
+    with pytest.raises(NlpseqError) as err:
+        read_labelled(path, "jsonl")
+    assert (err.value.path, err.value.line) == (str(path), 3)
+
+
+def test_missing_column(tmp_path):
+    path = write(tmp_path, "d.tsv", "label\tsentence\n1\tgood\n")
+    with pytest.raises(NlpseqError, match="no column 'text'") as err:
+        read_labelled(path, "tsv")
+    assert err.value.line == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"\n  \n", "empty"),
+    (b"label\ttext\n", "no rows"),
+])
+def test_empty_files(tmp_path, content, message):
+    path = write(tmp_path, "d.tsv", content)
+    with pytest.raises(NlpseqError, match=message) as err:
+        read_labelled(path, "tsv")
+    assert err.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NlpseqError, match="not found") as err:
+        read_labelled(tmp_path / "none.tsv", "tsv")
+    assert err.value.path == str(tmp_path / "none.tsv")
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = write(tmp_path, "d.tsv", b"label\ttext\n1\tgood\n0\tcaf\xe9\n")
+    for read in (lambda: read_labelled(path, "tsv"), lambda: check_utf8(path),
+                 lambda: list(read_lines(path)), lambda: read_text(path)):
+        with pytest.raises(NlpseqError, match="UTF-8") as err:
+            read()
+        assert (err.value.path, err.value.line) == (str(path), 3)
+
+
+def test_read_lines_and_text(tmp_path):
+    path = write(tmp_path, "t.txt", "one\r\ntwo\n\nthree")
+    assert list(read_lines(path)) == [(1, "one"), (2, "two"), (3, ""), (4, "three")]
+    assert read_text(path) == "one\r\ntwo\n\nthree"
+
+
+def test_hub_dataset_fails_fast_offline(monkeypatch):
+    import socket
+    import time
+
+    from nlpseq.corpora import load_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    start = time.monotonic()
+    with pytest.raises(NlpseqError, match="offline"):
+        load_hub("glue", "sst2", "train")
+    assert time.monotonic() - start < 2
+
+
+def test_gensim_data_fails_fast_offline(monkeypatch):
+    import socket
+
+    from nlpseq.embeddings import load_vectors
+
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    with pytest.raises(NlpseqError, match="offline"):
+        load_vectors("glove-wiki-gigaword-50", "gensim-data")

@@ -1,0 +1,114 @@
+"""Pretrained vectors: alignment to a vocabulary, coverage, cache, bad files."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from nlpseq import embeddings
+from nlpseq.embeddings import Coverage, align, load_vectors, pretrained_matrix
+from nlpseq.errors import NlpseqError
+
+VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>", "the", "Film", "THE", "good", "1234", "paris",
+         "missing"]
+
+
+def test_alignment_exact_lowercase_digits_and_coverage(glove_file):
+    vectors = load_vectors(str(glove_file), "glove")
+    matrix, coverage = align(VOCAB, vectors, 3, seed=0, skip=4)
+    assert matrix.shape == (len(VOCAB), 3) and matrix.dtype == np.float32
+    assert (matrix[:4] == 0).all()  # special tokens are skipped
+    np.testing.assert_allclose(matrix[4], [0.1, 0.2, 0.3])  # the: exact
+    np.testing.assert_allclose(matrix[5], [0.4, 0.5, 0.6])  # Film -> film
+    np.testing.assert_allclose(matrix[6], [0.1, 0.2, 0.3])  # THE -> the
+    np.testing.assert_allclose(matrix[7], [-0.1, -0.2, -0.3])  # good: exact
+    np.testing.assert_allclose(matrix[8], [0.7, 0.8, 0.9])  # 1234 -> 0000
+    # "paris" (the file has "Paris") and "missing" get a random init, different per word.
+    assert coverage == Coverage(exact=2, lowercase=2, digits=1, missing=2)
+    assert coverage.found == 5
+    assert "5/7" in str(coverage)
+    assert np.abs(matrix[9:]).sum() > 0 and not np.allclose(matrix[9], matrix[10])
+    again, _ = align(VOCAB, vectors, 3, seed=0, skip=4)
+    np.testing.assert_array_equal(matrix, again)  # the random rows follow the seed
+
+
+def test_dimension_must_match_the_model(glove_file):
+    vectors = load_vectors(str(glove_file), "glove")
+    with pytest.raises(NlpseqError, match="dimension 3.*embedding_dim is 4"):
+        align(VOCAB, vectors, 4)
+
+
+def test_cache_hit_the_second_time(tmp_path, glove_file, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    first, coverage = pretrained_matrix(str(glove_file), "glove", VOCAB, 3, cache_dir=str(cache),
+                                        skip=4)
+    assert "cached" not in capsys.readouterr().err
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+    def no_gensim(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(embeddings, "load_vectors", no_gensim)
+    second, coverage2 = pretrained_matrix(str(glove_file), "glove", VOCAB, 3,
+                                          cache_dir=str(cache), skip=4)
+    assert "(cached)" in capsys.readouterr().err
+    assert np.array_equal(first.numpy(), second.numpy())
+    assert coverage2 == coverage
+    # A different vocabulary or a changed file is a different cache entry.
+    with pytest.raises(AssertionError, match="cache"):
+        pretrained_matrix(str(glove_file), "glove", [*VOCAB, "new"], 3, cache_dir=str(cache),
+                          skip=4)
+    glove_file.write_text(glove_file.read_text() + "new 1 2 3\n")
+    with pytest.raises(AssertionError, match="cache"):
+        pretrained_matrix(str(glove_file), "glove", VOCAB, 3, cache_dir=str(cache), skip=4)
+
+
+def test_no_cache_dir_loads_every_time(glove_file):
+    matrix, coverage = pretrained_matrix(str(glove_file), "glove", VOCAB, 3, skip=4)
+    assert matrix.shape == (len(VOCAB), 3) and coverage.missing == 2
+
+
+def test_rows_of_different_dimension_name_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("the 0.1 0.2 0.3\nfilm 0.4 0.5 0.6\nbad 0.1 0.2\ngood 1 2 3\n")
+    with pytest.raises(NlpseqError) as err:
+        load_vectors(str(path), "glove")
+    assert (err.value.path, err.value.line) == (str(path), 3)
+    assert "2 values" in str(err.value) and "3" in str(err.value)
+    longer = tmp_path / "longer.txt"
+    longer.write_text("the 0.1 0.2 0.3\nfilm 0.4 0.5 0.6 0.7\n")
+    with pytest.raises(NlpseqError, match=r"longer\.txt:2: "):
+        load_vectors(str(longer), "glove")
+
+
+def test_word2vec_header_is_not_a_row(tmp_path):
+    path = tmp_path / "bad.w2v"
+    path.write_text("4 3\nthe 0.1 0.2 0.3\nfilm 0.4 0.5 0.6\nbad 0.1 0.2\ngood 1 2 3\n")
+    with pytest.raises(NlpseqError) as err:
+        load_vectors(str(path), "word2vec")
+    assert (err.value.path, err.value.line) == (str(path), 4)
+
+
+def test_gzip_and_word2vec_formats(tmp_path, glove_file):
+    gz = tmp_path / "vectors.txt.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as handle:
+        handle.write(glove_file.read_text())
+    glove = load_vectors(str(gz), "glove")
+    assert glove.vector_size == 3 and "Paris" in glove.key_to_index
+    for fmt, binary in (("word2vec", False), ("word2vec-binary", True)):
+        out = tmp_path / f"vectors.{fmt}"
+        glove.save_word2vec_format(str(out), binary=binary)
+        loaded = load_vectors(str(out), fmt)
+        np.testing.assert_allclose(loaded["film"], glove["film"], rtol=1e-6)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(NlpseqError, match="not found"):
+        load_vectors(str(tmp_path / "none.txt"), "glove")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 0.1 0.2\n".encode("latin-1"))
+    with pytest.raises(NlpseqError, match="UTF-8") as err:
+        load_vectors(str(bad), "glove")
+    assert err.value.path == str(bad)

@@ -1,0 +1,116 @@
+"""The recurrent encoder: padding never leaks into outputs or final states."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from nlpseq.batching import collate_text
+from nlpseq.models.classifier import POOLINGS, TextClassifier
+from nlpseq.models.encoder import RecurrentEncoder, reverse_padded
+
+SENTENCES = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]
+
+
+def encoder(cell: str, layers: int, bidirectional: bool) -> RecurrentEncoder:
+    torch.manual_seed(0)
+    model = RecurrentEncoder(20, 6, 5, cell=cell, layers=layers, bidirectional=bidirectional,
+                             dropout=0.3, embedding_dropout=0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("cell, layers, bidirectional",
+                         list(itertools.product(["lstm", "gru", "rnn"], [1, 2], [True, False])))
+def test_padding_never_leaks(cell, layers, bidirectional):
+    model = encoder(cell, layers, bidirectional)
+    batch = collate_text(SENTENCES)
+    with torch.no_grad():
+        outputs, final = model(batch.ids, batch.lengths)
+        directions = 2 if bidirectional else 1
+        assert outputs.shape == (4, 7, 5 * directions) and final.shape == (4, 5 * directions)
+        assert (outputs[~batch.mask] == 0).all()
+        for row, sentence in enumerate(SENTENCES):
+            alone = collate_text([sentence])
+            out_alone, final_alone = model(alone.ids, alone.lengths)
+            n = len(sentence)
+            torch.testing.assert_close(outputs[row, :n], out_alone[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(final[row], final_alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_final_state_is_real_last_token(bidirectional):
+    """Forward half = output at the last real token; backward half = output at position 0."""
+    model = encoder("gru", 2, bidirectional)
+    batch = collate_text(SENTENCES)
+    with torch.no_grad():
+        outputs, final = model(batch.ids, batch.lengths)
+    for row, sentence in enumerate(SENTENCES):
+        torch.testing.assert_close(final[row, :5], outputs[row, len(sentence) - 1, :5])
+        if bidirectional:
+            torch.testing.assert_close(final[row, 5:], outputs[row, 0, 5:])
+
+
+def reference(model: RecurrentEncoder, sentence: list[int]) -> torch.Tensor:
+    """Brute force for one unpadded sentence: each direction of each layer as a separate
+    unidirectional torch RNN (weights copied), the backward one over the reversed words."""
+    x = model.embedding(torch.tensor([sentence]))  # (1, T, E)
+    cls = type(model.layers[0])
+    for rnn in model.layers:
+        outputs = []
+        for suffix, flip in [("", False), ("_reverse", True)][: 1 + rnn.bidirectional]:
+            single = cls(rnn.input_size, rnn.hidden_size, batch_first=True)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(single, f"{name}_l0").data.copy_(getattr(rnn, f"{name}_l0{suffix}"))
+            out, _ = single(x.flip(1) if flip else x)
+            outputs.append(out.flip(1) if flip else out)
+        x = torch.cat(outputs, dim=-1)
+    return x[0]
+
+
+@pytest.mark.parametrize("cell, layers, bidirectional",
+                         list(itertools.product(["lstm", "gru", "rnn"], [1, 2], [True, False])))
+def test_outputs_match_brute_force(cell, layers, bidirectional):
+    model = encoder(cell, layers, bidirectional)
+    batch = collate_text(SENTENCES)
+    with torch.no_grad():
+        outputs, _ = model(batch.ids, batch.lengths)
+        for row, sentence in enumerate(SENTENCES):
+            expected = reference(model, sentence)
+            torch.testing.assert_close(outputs[row, : len(sentence)], expected, atol=1e-5, rtol=0)
+            # An equal-length batch (no padding) takes the fused path: same outputs.
+            same, _ = model(torch.tensor([sentence] * 2), torch.tensor([len(sentence)] * 2))
+            torch.testing.assert_close(same[1], expected, atol=1e-5, rtol=0)
+
+
+def test_reverse_padded():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0], [6, 7, 8, 9]])
+    out = reverse_padded(x, torch.tensor([3, 2, 4]))
+    assert out.tolist() == [[3, 2, 1, 0], [5, 4, 0, 0], [9, 8, 7, 6]]
+
+
+def test_pretrained_and_frozen_embeddings():
+    matrix = torch.randn(20, 6)
+    model = RecurrentEncoder(20, 6, 5, pretrained=matrix, freeze_embeddings=True)
+    assert torch.equal(model.embedding.weight, matrix)
+    assert not model.embedding.weight.requires_grad
+    assert RecurrentEncoder(20, 6, 5, pretrained=matrix).embedding.weight.requires_grad
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_classifier_scores_do_not_depend_on_padding(pooling):
+    torch.manual_seed(0)
+    model = TextClassifier(20, 3, embedding_dim=6, hidden_size=5, pooling=pooling).eval()
+    batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
+    with torch.no_grad():
+        logits = model.logits(batch.ids, batch.lengths)
+        assert logits.shape == (4, 3)
+        for row, sentence in enumerate(SENTENCES):
+            alone = collate_text([sentence])
+            torch.testing.assert_close(logits[row], model.logits(alone.ids, alone.lengths)[0],
+                                       atol=1e-5, rtol=0)
+        loss, count, carry = model(batch)
+    assert count == 4 and carry is None
+    expected = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
+    torch.testing.assert_close(loss, expected)

@@ -1,0 +1,131 @@
+"""Sentiment end to end on a tiny corpus: overfit, save, reload, predict, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import PROBES, sentences, write_pipeline, write_tsv
+
+import nlpseq
+from nlpseq import checkpoint as ckpt
+from nlpseq.config import load_config
+from nlpseq.errors import NlpseqError
+
+
+def test_overfits_and_reloads_with_identical_predictions(trained_run):
+    predictor = nlpseq.load(trained_run.run_dir)
+    assert predictor.model is not None and not predictor.model.training
+    again = predictor.predict(PROBES)
+    assert [p["label"] for p in again] == [p["label"] for p in trained_run.predictions]
+    for new, old in zip(again, trained_run.predictions):
+        assert set(new["probabilities"]) == {"neg", "pos"}
+        assert sum(new["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        for label, p in old["probabilities"].items():
+            assert new["probabilities"][label] == pytest.approx(p, abs=1e-6)
+    assert [p["label"] for p in again[:3]] == ["pos", "neg", "pos"]
+    # The model learnt the training set.
+    texts = [text for _, text in sentences(1, 24)]
+    gold = [label for label, _ in sentences(1, 24)]
+    assert [p["label"] for p in predictor.predict(texts)] == gold
+
+
+def test_prediction_does_not_depend_on_batching(trained_run):
+    predictor = nlpseq.load(trained_run.run_dir)
+    together = predictor.predict(PROBES)
+    for text, expected in zip(PROBES, together):
+        alone = predictor.predict([text])[0]
+        for label, p in expected["probabilities"].items():
+            assert alone["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_run_directory_is_complete(trained_run):
+    run = trained_run.run_dir
+    names = {p.name for p in run.iterdir()}
+    assert names == {ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.LAST_WEIGHTS,
+                     ckpt.OPTIMIZER, ckpt.TRAINER_STATE, "tokenizer.json", "labels.json"}
+    # No temporary files left behind, nothing pickled: every file parses as what it claims.
+    config = load_config(run / ckpt.CONFIG)
+    assert config.task == "sentiment" and config.model.hidden_size == 8
+    weights = load_file(str(run / ckpt.WEIGHTS))
+    assert "encoder.embedding.weight" in weights
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    load_file(str(run / ckpt.LAST_WEIGHTS))
+    load_file(str(run / ckpt.OPTIMIZER))
+    metrics = json.loads((run / ckpt.METRICS).read_text())
+    assert metrics["selection_metric"] == "loss" and metrics["dev"]["n"] == 8
+    history = ckpt.read_jsonl(run / ckpt.HISTORY)
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+    assert all({"train_loss", "accuracy", "macro_f1", "lr"} <= set(h) for h in history)
+    state = json.loads((run / ckpt.TRAINER_STATE).read_text())
+    assert state["finished"] and state["epoch"] == 8
+    assert json.loads((run / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
+
+
+def test_evaluate_files(trained_run):
+    predictor = nlpseq.load(trained_run.run_dir)
+    metrics = predictor.evaluate_files([str(trained_run.corpus["dev"])])
+    assert metrics["n"] == 8 and metrics["accuracy"] == 100.0 and metrics["macro_f1"] == 100.0
+    assert metrics["loss"] >= 0
+
+
+def test_unknown_label_at_evaluation_names_file_and_line(trained_run, tmp_path):
+    path = write_tsv(tmp_path / "eval.tsv", [("pos", "good"), ("neg", "bad"), ("meh", "ok")])
+    with pytest.raises(NlpseqError, match="unknown label 'meh'") as err:
+        nlpseq.load(trained_run.run_dir).evaluate_files([str(path)])
+    assert (err.value.path, err.value.line) == (str(path), 4)
+
+
+def test_predict_lines(trained_run):
+    predictor = nlpseq.load(trained_run.run_dir)
+    plain = list(predictor.predict_lines(iter(PROBES)))
+    assert plain == [p["label"] for p in trained_run.predictions]
+    as_json = [json.loads(line) for line in predictor.predict_lines(PROBES, as_json=True)]
+    assert [r["label"] for r in as_json] == plain
+    assert list(predictor.predict_lines([])) == []
+
+
+def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(NlpseqError, match="not a checkpoint"):
+        nlpseq.load(tmp_path)
+    with pytest.raises(NlpseqError, match="not found"):
+        nlpseq.load(tmp_path / "none")
+
+
+@pytest.mark.parametrize("pooling, cell", [("last", "gru"), ("attention", "rnn")])
+def test_other_poolings_and_cells_train(tmp_path, corpus, pooling, cell):
+    from nlpseq.train import train
+
+    config = load_config(write_pipeline(tmp_path, corpus, epochs=1, cell=cell, pooling=pooling))
+    result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
+    assert len(result.history) == 1 and 0 <= result.metrics["dev"]["accuracy"] <= 100
+    assert len(nlpseq.load(tmp_path / "run").predict(["good"])) == 1
+
+
+def _glove(tmp_path, words: list[str], dim: int = 8):
+    path = tmp_path / "glove.txt"
+    path.write_text("".join(
+        f"{w} " + " ".join(f"{(i + 1) * 0.01 + j * 0.001:.4f}" for j in range(dim)) + "\n"
+        for i, w in enumerate(words)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_pretrained_embeddings_frozen_or_fine_tuned(tmp_path, corpus, freeze):
+    from nlpseq.embeddings import pretrained_matrix
+    from nlpseq.train import train
+
+    glove = _glove(tmp_path, ["the", "film", "good", "bad", "is"])
+    pipeline = write_pipeline(tmp_path, corpus, epochs=1)
+    overrides = [f"embeddings.path={glove}", f"embeddings.freeze={str(freeze).lower()}",
+                 f"embeddings.cache_dir={tmp_path / 'cache'}"]
+    result = train(load_config(pipeline, overrides), tmp_path / "run", log=lambda _m: None,
+                   progress=False)
+    vocabulary = result.task.tokenizer.vocabulary()
+    aligned, coverage = pretrained_matrix(str(glove), "glove", vocabulary, 8,
+                                          cache_dir=str(tmp_path / "cache"), seed=7, skip=4)
+    assert coverage.found == 5
+    trained = result.task.model.encoder.embedding.weight.detach()
+    assert torch.equal(trained, aligned) == freeze

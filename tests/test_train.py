@@ -1,0 +1,216 @@
+"""The trainer: determinism, resume, NaN, time budget, early stopping, atomic run files."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nlpseq import checkpoint as ckpt
+from nlpseq.config import load_config
+from nlpseq.errors import NlpseqError
+from nlpseq.models.classifier import TextClassifier
+from nlpseq.tasks.sentiment import SentimentTask
+from nlpseq.train import train
+
+
+def run(pipeline, out, *overrides):
+    return train(load_config(pipeline, list(overrides)), out, log=lambda _m: None,
+                 progress=False)
+
+
+def assert_same_weights(a, b):
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_deterministic_with_seed(pipeline, tmp_path):
+    first = run(pipeline, tmp_path / "a", "train.epochs=2")
+    run(pipeline, tmp_path / "b", "train.epochs=2")
+    assert_same_weights(tmp_path / "a" / ckpt.LAST_WEIGHTS, tmp_path / "b" / ckpt.LAST_WEIGHTS)
+    run(pipeline, tmp_path / "c", "train.epochs=2", "train.seed=8")
+    other = load_file(str(tmp_path / "c" / ckpt.LAST_WEIGHTS))
+    assert not torch.equal(other["output.weight"],
+                           first.task.model.state_dict()["output.weight"])
+
+
+def test_refuses_to_overwrite_a_run(pipeline, tmp_path):
+    run(pipeline, tmp_path / "run", "train.epochs=1")
+    with pytest.raises(NlpseqError, match="already holds a model"):
+        run(pipeline, tmp_path / "run", "train.epochs=1")
+
+
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_resume_with_more_epochs_continues(pipeline, tmp_path, ema):
+    straight = run(pipeline, tmp_path / "straight", "train.epochs=4", f"train.ema={ema}")
+    run(pipeline, tmp_path / "resumed", "train.epochs=2", f"train.ema={ema}")
+    assert len(ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)) == 2
+    resumed = run(pipeline, tmp_path / "resumed", "train.epochs=4", "train.resume=true",
+                  f"train.ema={ema}")
+    history = ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    # Weights, optimizer moments and RNG were restored: the same as training 4 epochs at once.
+    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
+                        tmp_path / "resumed" / ckpt.LAST_WEIGHTS)
+    for a, b in zip(straight.history, history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["accuracy"] == b["accuracy"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    assert_same_weights(tmp_path / "straight" / ckpt.WEIGHTS, tmp_path / "resumed" / ckpt.WEIGHTS)
+    # Resuming a run that has done all its epochs does nothing.
+    again = run(pipeline, tmp_path / "resumed", "train.epochs=4", "train.resume=true")
+    assert len(again.history) == 4
+    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
+                        tmp_path / "resumed" / ckpt.LAST_WEIGHTS)
+
+
+def test_resume_after_a_crash(pipeline, tmp_path, monkeypatch):
+    run(pipeline, tmp_path / "straight", "train.epochs=3")
+    calls = {"n": 0}
+    forward = TextClassifier.forward
+
+    def crash_in_epoch_2(self, batch, carry=None):
+        calls["n"] += 1
+        if calls["n"] == 9:  # 6 batches per epoch: the 3rd batch of epoch 2
+            raise KeyboardInterrupt
+        return forward(self, batch, carry)
+
+    monkeypatch.setattr(TextClassifier, "forward", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(pipeline, tmp_path / "crashed", "train.epochs=3")
+    monkeypatch.setattr(TextClassifier, "forward", forward)
+    assert len(ckpt.read_jsonl(tmp_path / "crashed" / ckpt.HISTORY)) == 1
+    assert not list((tmp_path / "crashed").glob(".*.tmp"))
+    run(pipeline, tmp_path / "crashed", "train.epochs=3", "train.resume=true")
+    history = ckpt.read_jsonl(tmp_path / "crashed" / ckpt.HISTORY)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
+                        tmp_path / "crashed" / ckpt.LAST_WEIGHTS)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipeline, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    saved = {}
+    calls = {"n": 0}
+    forward = TextClassifier.forward
+
+    def nan_in_epoch_2(self, batch, carry=None):
+        calls["n"] += 1
+        if calls["n"] == 7:  # first batch of epoch 2: remember the checkpoint of epoch 1
+            saved.update({name: (out / name).read_bytes()
+                          for name in (ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY)})
+        loss, count, carry = forward(self, batch, carry)
+        if calls["n"] >= 9:
+            loss = loss * float("nan")
+        return loss, count, carry
+
+    monkeypatch.setattr(TextClassifier, "forward", nan_in_epoch_2)
+    with pytest.raises(NlpseqError, match="loss is nan.*epoch 2") as err:
+        run(pipeline, out, "train.epochs=3")
+    assert str(out) in str(err.value)
+    assert saved and all((out / name).read_bytes() == data for name, data in saved.items())
+    monkeypatch.setattr(TextClassifier, "forward", forward)
+    import nlpseq
+
+    predictions = nlpseq.load(out).predict(["the film is good"])
+    assert all(p == p for p in predictions[0]["probabilities"].values())  # not NaN
+
+
+def test_max_minutes_stops_within_budget(pipeline, tmp_path):
+    budget = 2.4  # seconds
+    start = time.monotonic()
+    result = run(pipeline, tmp_path / "run", "train.epochs=100000",
+                 f"train.max_minutes={budget / 60}")
+    took = time.monotonic() - start
+    assert took < budget + 1.0
+    assert result.metrics["stopped"] == "time budget"
+    assert (tmp_path / "run" / ckpt.WEIGHTS).is_file()
+    assert len(result.history) >= 1
+    assert result.metrics["best_epoch"] == max(
+        result.history, key=lambda h: (h["accuracy"], -h["epoch"]))["epoch"]
+
+
+def test_early_stopping_and_plateau_schedule(pipeline, tmp_path, monkeypatch):
+    """A dev score that never improves: the lr halves after ``schedule_patience`` evaluations
+    without improvement, and training stops after ``patience``."""
+    monkeypatch.setattr(SentimentTask, "evaluate",
+                        lambda self, model: {"accuracy": 50.0, "macro_f1": 50.0, "loss": 1.0})
+    result = run(pipeline, tmp_path / "run", "train.epochs=50", "train.patience=3",
+                 "train.schedule=plateau", "train.schedule_patience=1",
+                 "train.schedule_factor=0.5")
+    assert result.metrics["stopped"] == "early stopping"
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert [h["lr"] for h in result.history] == pytest.approx([0.05, 0.05, 0.05, 0.025])
+    assert result.metrics["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decaying_schedules_lower_the_lr(pipeline, tmp_path, schedule):
+    result = run(pipeline, tmp_path / "run", "train.epochs=3", f"train.schedule={schedule}",
+                 "train.warmup_steps=2")
+    lrs = [h["lr"] for h in result.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.05 * 0.5
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_other_optimizers(pipeline, tmp_path, optimizer):
+    result = run(pipeline, tmp_path / "run", "train.epochs=1", f"train.optimizer={optimizer}")
+    assert len(result.history) == 1
+
+
+def test_evals_per_epoch(pipeline, tmp_path):
+    result = run(pipeline, tmp_path / "run", "train.epochs=2", "train.evals_per_epoch=3")
+    assert [h["epoch"] for h in result.history] == [1, 1, 1, 2, 2, 2]
+    assert [h["step"] for h in result.history] == [2, 4, 6, 8, 10, 12]
+
+
+def test_unknown_eval_metric(pipeline, tmp_path):
+    with pytest.raises(NlpseqError, match="eval.metric 'bleu'"):
+        run(pipeline, tmp_path / "run", "eval.metric=bleu")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "metrics.json"
+    ckpt.write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), ckpt.atomic_path(target) as tmp:
+        with open(tmp, "w") as handle:
+            handle.write('{"v": ')  # half-written when the run dies
+        raise RuntimeError("killed")
+    assert ckpt.read_json(target) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_weights_and_optimizer_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = TextClassifier(10, 2, embedding_dim=4, hidden_size=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    from nlpseq.batching import collate_text
+
+    batch = collate_text([[4, 5], [6]], [0, 1])
+    loss, _, _ = model(batch)
+    loss.backward()
+    optimizer.step()
+    ckpt.save_weights(model, tmp_path / "w.safetensors")
+    rng_state = torch.get_rng_state()
+    extra = {"0": torch.arange(3.0)}
+    rest = ckpt.save_optimizer(optimizer, tmp_path / "o.safetensors", rng=rng_state,
+                               extra=extra)
+    torch.manual_seed(1)
+    other = TextClassifier(10, 2, embedding_dim=4, hidden_size=3)
+    other_opt = torch.optim.Adam(other.parameters(), lr=0.1)
+    ckpt.load_weights(other, tmp_path / "w.safetensors")
+    rng, extra_back = ckpt.load_optimizer(other_opt, tmp_path / "o.safetensors", rest)
+    assert torch.equal(rng, rng_state)
+    assert extra_back.keys() == {"0"} and torch.equal(extra_back["0"], extra["0"])
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    for p, q in zip(model.parameters(), other.parameters()):
+        sa, sb = optimizer.state[p], other_opt.state[q]
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+    wrong = TextClassifier(10, 3, embedding_dim=4, hidden_size=3)
+    with pytest.raises(NlpseqError, match="do not match"):
+        ckpt.load_weights(wrong, tmp_path / "w.safetensors")
