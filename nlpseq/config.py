@@ -88,6 +88,8 @@ class SentimentModelConfig:
     dropout: float = 0.5
     embedding_dropout: float = 0.0
     pooling: Literal["last", "max", "mean", "attention", "max-mean"] = "last"
+    # Training only: replace this fraction of tokens with <unk> (regularises fine-tuned embeddings).
+    word_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

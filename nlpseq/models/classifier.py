@@ -32,6 +32,8 @@ class TextClassifier(nn.Module):
         dropout: float = 0.5,
         embedding_dropout: float = 0.0,
         pooling: str = "last",
+        word_dropout: float = 0.0,
+        unk_id: int = 1,
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
     ):
@@ -45,6 +47,8 @@ class TextClassifier(nn.Module):
         )
         size = self.encoder.output_size
         self.pooling = pooling
+        self.word_dropout = word_dropout
+        self.unk_id = unk_id
         if pooling == "attention":
             self.attention = nn.Linear(size, 1)
         self.dropout = nn.Dropout(dropout)
@@ -69,6 +73,10 @@ class TextClassifier(nn.Module):
 
     def forward(self, batch: TextBatch, carry: None = None) -> tuple[Tensor, int, None]:
         """Summed cross-entropy over the batch and the number of examples."""
-        logits = self.logits(batch.ids, batch.lengths)
+        ids = batch.ids
+        if self.training and self.word_dropout > 0:
+            drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
+            ids = ids.masked_fill(drop & batch.mask, self.unk_id)
+        logits = self.logits(ids, batch.lengths)
         loss = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
         return loss, batch.labels.numel(), None

@@ -18,7 +18,7 @@ from nlpseq.errors import NlpseqError
 from nlpseq.metrics import ClassificationCounts
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tasks.base import Log, Task, shard
-from nlpseq.tokenize import TextTokenizer
+from nlpseq.tokenize import UNK, TextTokenizer
 from nlpseq.vocab import LabelVocab
 
 TOKENIZER = "tokenizer.json"
@@ -114,7 +114,8 @@ class SentimentTask(Task):
             self.tokenizer.vocab_size, len(self.labels), embedding_dim=m.embedding_dim,
             hidden_size=m.hidden_size, cell=m.cell, layers=m.layers,
             bidirectional=m.bidirectional, dropout=m.dropout,
-            embedding_dropout=m.embedding_dropout, pooling=m.pooling, pretrained=matrix,
+            embedding_dropout=m.embedding_dropout, pooling=m.pooling,
+            word_dropout=m.word_dropout, unk_id=UNK, pretrained=matrix,
             freeze_embeddings=emb.freeze and matrix is not None,
         )
 
