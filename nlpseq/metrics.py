@@ -78,3 +78,21 @@ class LossCounts:
             "bits": mean / math.log(2),
             "tokens": self.tokens,
         }
+
+
+def translation_scores(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU and chrF from sacreBLEU (cased, on detokenized text), with signatures.
+
+    sacreBLEU sums n-gram statistics over the whole corpus before taking ratios, as corpus BLEU
+    requires; ``references`` has one reference per hypothesis.
+    """
+    from sacrebleu.metrics import BLEU, CHRF  # heavy: imported only when scoring
+
+    bleu, chrf = BLEU(), CHRF()
+    return {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
+        "signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "n": len(hypotheses),
+    }

@@ -9,6 +9,9 @@ from nlpseq.tasks.base import Task
 #: task name -> "module:Class" (imported on first use so the CLI starts fast)
 TASKS: dict[str, str] = {
     "sentiment": "nlpseq.tasks.sentiment:SentimentTask",
+    "ner": "nlpseq.tasks.ner:NerTask",
+    "chargen": "nlpseq.tasks.chargen:ChargenTask",
+    "translate": "nlpseq.tasks.translate:TranslateTask",
 }
 
 

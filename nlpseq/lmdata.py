@@ -1,0 +1,138 @@
+"""Language-model data for truncated BPTT: one token stream -> contiguous lanes -> windows.
+
+The stream is cut into ``batch_size`` contiguous lanes (lane i holds the i-th slice of the text)
+and read ``seq_len`` tokens at a time, so window w + 1 of lane i continues exactly where window w
+ended and a stateful model can carry its hidden state across windows. Every target (each token
+after the first) is in exactly one window; the end of the last lane is padded with IGNORE targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE = -100  # target id that cross_entropy(ignore_index=-100) skips
+
+
+@dataclass
+class LMBatch:
+    """One window of all lanes: inputs and next-token targets, (B, T) each."""
+
+    inputs: Tensor  # (B, T) long
+    targets: Tensor  # (B, T) long, IGNORE in padding
+    num_tokens: int  # real targets in the window
+
+    def to(self, device: torch.device | str) -> LMBatch:
+        return LMBatch(self.inputs.to(device), self.targets.to(device), self.num_tokens)
+
+
+def split_stream(stream: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """Split by position: the first (1 - val_fraction) of the stream trains, the rest validates."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_train = int(len(stream) * (1.0 - val_fraction))
+    return stream[:n_train], stream[n_train:]
+
+
+def make_lanes(stream: Tensor, batch_size: int, context: int = 0) -> tuple[Tensor, Tensor]:
+    """Cut a 1-D stream into ``batch_size`` contiguous lanes of inputs and next-token targets.
+
+    Returns inputs and targets, (B, R) each. Without context, R = L = ceil((N - 1) / B) and
+    lane i reads and predicts input positions [i*L, (i+1)*L). With ``context`` C, every lane
+    reads R = L + C positions, L = ceil((N - 1 - C) / B): lane 0 predicts all of [0, L + C),
+    lane i > 0 reads [i*L, i*L + L + C) but predicts only its last L positions, so it starts
+    scoring with C tokens of history instead of an empty state. Either way every target is
+    predicted exactly once. Positions past the end hold input 0 and target IGNORE.
+    """
+    if stream.dim() != 1:
+        raise ValueError(f"expected a 1-D token stream, got shape {tuple(stream.shape)}")
+    if batch_size < 1 or context < 0:
+        raise ValueError(f"need batch_size >= 1 and context >= 0, got {batch_size}, {context}")
+    n_targets = max(len(stream) - 1, 0)
+    if batch_size == 1 or n_targets <= context:
+        context = 0
+    lane_len = math.ceil((n_targets - context) / batch_size)
+    read = torch.arange(lane_len + context)  # (R,)
+    positions = torch.arange(batch_size).unsqueeze(1) * lane_len + read  # (B, R) input positions
+    scored = (read >= context) | (torch.arange(batch_size) == 0).unsqueeze(1)  # (B, R)
+    inside = positions < n_targets
+    clamped = positions.clamp(max=max(n_targets - 1, 0))
+    inputs = torch.where(inside, stream[clamped] if n_targets else positions, 0)
+    targets = torch.where(inside & scored, stream[clamped + 1] if n_targets else positions, IGNORE)
+    return inputs, targets
+
+
+def lm_windows(
+    stream: Tensor, batch_size: int, seq_len: int, offset: int = 0, context: int = 0
+) -> list[LMBatch]:
+    """Windows of ``seq_len`` tokens over ``batch_size`` lanes, in reading order.
+
+    offset drops the first ``offset`` tokens (a trainer may vary it per epoch so that window
+    boundaries move); context is :func:`make_lanes`'s. The last window may be shorter.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    inputs, targets = make_lanes(stream[offset:], batch_size, context)  # (B, R)
+    windows = []
+    for start in range(0, inputs.size(1), seq_len):
+        window_targets = targets[:, start : start + seq_len]
+        windows.append(
+            LMBatch(
+                inputs[:, start : start + seq_len],
+                window_targets,
+                int((window_targets != IGNORE).sum()),
+            )
+        )
+    return windows
+
+
+def lm_metrics(loss_sum: float, n_tokens: int) -> dict[str, float | int]:
+    """Metrics from a summed loss in nats: loss per token, bits per token, perplexity."""
+    loss = loss_sum / n_tokens if n_tokens else float("nan")
+    return {
+        "loss": loss,
+        "bpc": loss / math.log(2),
+        "perplexity": math.exp(loss) if n_tokens else float("nan"),
+        "n_chars": n_tokens,
+    }
+
+
+def evaluate_stream(
+    model: Callable[..., Any],
+    stream: Tensor,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device | str = "cpu",
+    context: int = 0,
+) -> dict[str, float | int]:
+    """Summed loss over every target of a stream with a stateful LM (forward(batch, carry)).
+
+    The stream is read in ``batch_size`` lanes, each from the model's zero state, carrying the
+    state across its windows; with ``context`` each lane but the first reads that many tokens
+    before its first scored one (see :func:`make_lanes`). Lanes are reduced so that each scores
+    at least ``context`` tokens. Metrics come from the total loss over all tokens, never from a
+    mean of window means.
+    """
+    n_targets = len(stream) - 1
+    if context > 0:
+        batch_size = min(batch_size, max(1, (n_targets - context) // context))
+    batch_size = max(1, min(batch_size, n_targets))
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    loss_sum, count, carry = 0.0, 0, None
+    try:
+        with torch.no_grad():
+            for batch in lm_windows(stream, batch_size, seq_len, context=context):
+                window_loss, window_count, carry = model(batch.to(device), carry)
+                loss_sum += float(window_loss)
+                count += window_count
+    finally:
+        if was_training:
+            model.train()
+    return lm_metrics(loss_sum, count)

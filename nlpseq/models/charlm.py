@@ -1,0 +1,171 @@
+"""Character language model: embedding -> stacked unidirectional LSTM/GRU -> dropout -> vocab.
+
+Trained statefully (truncated BPTT): ``forward`` takes the previous window's final hidden state as
+``carry`` and returns this window's, detached, so the next window continues each lane where it
+ended without back-propagating into the past. Decoding talks to the model through ``step`` and
+``prime`` (see nlpseq/decoding.py).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# nn.LSTM: (h, c), each (layers, B, H); nn.GRU: h (layers, B, H). Batch is dim 1 here.
+HiddenState = Tensor | tuple[Tensor, Tensor]
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class LMBatchLike(Protocol):
+    inputs: Tensor  # (B, T) long
+    targets: Tensor  # (B, T) long, -100 where there is nothing to predict
+    num_tokens: int
+
+
+def detach_state(state: HiddenState | None) -> HiddenState | None:
+    """Cut the autograd history of a hidden state (truncated BPTT)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)  # type: ignore[return-value]
+    return state.detach()
+
+
+def state_batch_size(state: HiddenState) -> int:
+    return (state[0] if isinstance(state, tuple) else state).size(1)
+
+
+class CharLM(nn.Module):
+    """Embedding -> ``layers`` x LSTM/GRU(hidden_size) -> dropout -> linear to the vocabulary.
+
+    With ``tie_weights`` the output layer shares the embedding matrix; when hidden_size differs
+    from embedding_dim a linear projection hidden -> embedding_dim is inserted before it.
+    With ``bf16`` the training/evaluation forward runs under bfloat16 autocast on any device
+    (weights and the loss stay float32); step and prime, used for decoding, stay float32.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 64,
+        hidden_size: int = 256,
+        layers: int = 2,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        bf16: bool = False,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.layers = layers
+        self.cell = cell
+        self.bf16 = bf16
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        # dropout between recurrent layers; nn.LSTM/GRU warn if it is set with one layer
+        self.rnn = CELLS[cell](
+            embedding_dim,
+            hidden_size,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.projection: nn.Module | None = None
+        output_in = hidden_size
+        if tie_weights and hidden_size != embedding_dim:
+            self.projection = nn.Linear(hidden_size, embedding_dim)
+            output_in = embedding_dim
+        self.output = nn.Linear(output_in, vocab_size)
+        if tie_weights:
+            self.output.weight = self.embedding.weight
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> HiddenState:
+        """A zero hidden state for ``batch_size`` lanes."""
+        zeros = torch.zeros(self.layers, batch_size, self.hidden_size, device=device)
+        if self.cell == "lstm":
+            return (zeros, zeros.clone())
+        return zeros
+
+    def logits(
+        self, inputs: Tensor, state: HiddenState | None = None
+    ) -> tuple[Tensor, HiddenState]:
+        """inputs (B, T) long -> (logits (B, T, V), final state)."""
+        embedded = self.embedding(inputs)  # (B, T, E)
+        outputs, state = self.rnn(embedded, state)  # (B, T, H)
+        outputs = self.dropout(outputs)
+        if self.projection is not None:
+            outputs = self.projection(outputs)  # (B, T, E)
+        return self.output(outputs), state  # (B, T, V)
+
+    def forward(
+        self, batch: LMBatchLike, carry: HiddenState | None = None
+    ) -> tuple[Tensor, int, HiddenState]:
+        """Summed next-character cross-entropy over the batch's targets.
+
+        carry: the previous window's final state for the same lanes (None or a different batch
+        size starts from zeros). Returns (loss_sum, number of targets, detached final state).
+        """
+        if carry is not None and state_batch_size(carry) != batch.inputs.size(0):
+            carry = None
+        if self.bf16:
+            with torch.autocast(batch.inputs.device.type, dtype=torch.bfloat16):
+                logits, state = self.logits(batch.inputs, carry)  # (B, T, V)
+        else:  # no autocast context here, so that a caller's autocast still applies
+            logits, state = self.logits(batch.inputs, carry)
+        loss_sum = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),
+            batch.targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        return loss_sum, batch.num_tokens, detach_state(state)  # type: ignore[return-value]
+
+    def step(self, tokens: Tensor, state: HiddenState | None) -> tuple[Tensor, HiddenState]:
+        """One decoding step: tokens (B,) long -> (logits (B, V), new state).
+
+        Runs the layers' cells directly (torch.lstm_cell / gru_cell on the nn.LSTM/GRU weights):
+        on CPU a one-step nn.LSTM call costs far more than the arithmetic (oneDNN setup).
+        """
+        if state is None:
+            state = self.init_state(tokens.size(0), tokens.device)
+        x = self.embedding(tokens)  # (B, E)
+        hidden = state[0] if isinstance(state, tuple) else state  # (layers, B, H)
+        new_hidden, new_cells = [], []
+        for layer in range(self.layers):
+            weights = [
+                getattr(self.rnn, f"{name}_l{layer}")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            if layer > 0:
+                x = F.dropout(x, self.rnn.dropout, self.training)
+            if isinstance(state, tuple):
+                h, c = torch.lstm_cell(x, (hidden[layer], state[1][layer]), *weights)
+                new_cells.append(c)
+            else:
+                h = torch.gru_cell(x, hidden[layer], *weights)
+            new_hidden.append(h)
+            x = h  # (B, H)
+        x = self.dropout(x)
+        if self.projection is not None:
+            x = self.projection(x)
+        new_state = torch.stack(new_hidden)  # (layers, B, H)
+        if isinstance(state, tuple):
+            return self.output(x), (new_state, torch.stack(new_cells))
+        return self.output(x), new_state
+
+    def prime(self, tokens: Tensor, state: HiddenState | None) -> tuple[Tensor, HiddenState]:
+        """Consume a whole prompt in one recurrent call: tokens (B, T) -> (last logits (B, V),
+        state). Only the last position goes through the output layer."""
+        embedded = self.embedding(tokens)  # (B, T, E)
+        outputs, state = self.rnn(embedded, state)  # (B, T, H)
+        last = self.dropout(outputs[:, -1])  # (B, H)
+        if self.projection is not None:
+            last = self.projection(last)
+        return self.output(last), state  # (B, V)

@@ -1,0 +1,310 @@
+"""Character-level text generation: one text stream -> stateful LSTM/GRU language model.
+
+Training reads the stream in ``train.batch_size`` contiguous lanes, ``model.seq_len``
+characters at a time, carrying the hidden state from one window to the next (truncated BPTT).
+Validation is the last ``data.val_fraction`` of the text (or ``data.dev``), scored by summed
+cross-entropy over every character. Generation (greedy, temperature, top-k, top-p) goes through
+nlpseq.decoding over the model's step function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nlpseq.checkpoint import atomic_path
+from nlpseq.decoding import check_sampling_options, generate
+from nlpseq.errors import NlpseqError
+from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
+from nlpseq.models.charlm import CharLM
+from nlpseq.tasks.base import Log, Task
+from nlpseq.tokenize import SPECIALS, UNK, TextTokenizer
+
+TOKENIZER = "tokenizer.json"
+
+
+def warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (``.gz`` read transparently); bad input names file and line."""
+    path = Path(path).expanduser()
+    if not str(path) or str(path) == "." or not path.is_file():
+        raise NlpseqError("text file not found" if str(path) != "." else "no text file given", path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    else:
+        raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise NlpseqError(f"invalid UTF-8 (byte {err.start} of the file)", path, line) from None
+
+
+class CharCodec:
+    """Characters <-> ids of a character-level TextTokenizer, vectorised for long texts."""
+
+    def __init__(self, tokenizer: TextTokenizer):
+        self.tokenizer = tokenizer
+        vocabulary = tokenizer.vocabulary()
+        #: id -> character ("" for the special tokens, which never appear in text)
+        self.chars = ["" if i < len(SPECIALS) else token for i, token in enumerate(vocabulary)]
+        pairs = sorted((ord(c), i) for i, c in enumerate(self.chars) if len(c) == 1)
+        self._codepoints = np.array([p for p, _ in pairs], dtype=np.int64)
+        self._ids = np.array([i for _, i in pairs], dtype=np.int64)
+        self.index = {c: i for i, c in enumerate(self.chars) if c}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def normalize(self, text: str) -> str:
+        normalizer = self.tokenizer.tokenizer.normalizer
+        return normalizer.normalize_str(text) if normalizer is not None else text
+
+    def encode(self, text: str) -> tuple[Tensor, list[str]]:
+        """One id per character (UNK for characters outside the vocabulary) and the sorted
+        unknown characters. Equivalent to the tokenizer's encoding, one id per character, but
+        literal special-token strings such as "<unk>" in the text stay plain characters."""
+        text = self.normalize(text)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        if len(self._codepoints) == 0:
+            return torch.full((len(codes),), UNK, dtype=torch.long), sorted(set(text))
+        where = np.searchsorted(self._codepoints, codes).clip(max=len(self._codepoints) - 1)
+        known = self._codepoints[where] == codes
+        ids = np.where(known, self._ids[where], UNK)
+        unknown = sorted({chr(c) for c in np.unique(codes[~known])})
+        return torch.from_numpy(ids), unknown
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+
+def describe(chars: list[str], limit: int = 20) -> str:
+    """Characters for a message, escaped so that newlines and spaces are visible."""
+    shown = ", ".join(json.dumps(c, ensure_ascii=False) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+class ChargenTask(Task):
+    """A character language model trained on one text; generates text from a prompt."""
+
+    name = "chargen"
+    metrics = {"loss": False, "bpc": False, "perplexity": False}
+    default_metric = "loss"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.codec: CharCodec | None = None
+        self.train_ids = torch.zeros(0, dtype=torch.long)
+        self.val_ids = torch.zeros(0, dtype=torch.long)
+        self.lanes = config.train.batch_size
+
+    # --- data ----------------------------------------------------------------------------
+    def prepare(self, log: Log, artifacts: Path | None = None) -> None:
+        data, seq_len = self.config.data, self.config.model.seq_len
+        if seq_len < 1 or self.config.train.batch_size < 1:
+            raise NlpseqError("model.seq_len and train.batch_size must be >= 1", self.config.source)
+        text = read_text(data.train)
+        if data.limit:
+            text = text[: data.limit]
+        if data.dev:
+            train_text, val_text, val_from = text, read_text(data.dev), data.dev
+        else:
+            if not 0.0 <= data.val_fraction < 1.0:
+                raise NlpseqError(
+                    f"data.val_fraction must be in [0, 1), got {data.val_fraction}",
+                    self.config.source,
+                )
+            # split by position: the first (1 - val_fraction) trains, the rest validates
+            n_train = int(len(text) * (1.0 - data.val_fraction))
+            train_text, val_text = text[:n_train], text[n_train:]
+            val_from = f"the last {data.val_fraction:.0%} of {data.train}"
+        if len(train_text) < seq_len + 1:
+            raise NlpseqError(
+                f"the training text has {len(train_text)} characters, shorter than one window "
+                f"(model.seq_len + 1 = {seq_len + 1})",
+                data.train,
+            )
+        if artifacts is not None:
+            self.load_artifacts(artifacts)
+        else:
+            tokenizer_config = dataclasses.replace(self.config.tokenizer, kind="char", max_length=0)
+            tokenizer = TextTokenizer.train(train_text.splitlines(keepends=True), tokenizer_config)
+            self.codec = CharCodec(tokenizer)
+        self.train_ids, _ = self.codec.encode(train_text)
+        self.val_ids, unknown = self.codec.encode(val_text)
+        # every lane must hold at least one window
+        self.lanes = min(self.config.train.batch_size, (len(self.train_ids) - 1) // seq_len)
+        log(
+            f"train: {len(self.train_ids):,} characters from {data.train}; vocabulary "
+            f"{self.codec.vocab_size} ({self.codec.vocab_size - len(SPECIALS)} characters)"
+        )
+        if self.lanes < self.config.train.batch_size:
+            log(
+                f"train: {self.lanes} lanes instead of train.batch_size "
+                f"{self.config.train.batch_size}: the text is too short for more"
+            )
+        if len(self.val_ids) < 2:
+            raise NlpseqError(
+                "no validation text: set data.val_fraction > 0 or data.dev", self.config.source
+            )
+        log(
+            f"dev: {len(self.val_ids) - 1:,} characters to predict from {val_from}"
+            + (f"; unknown characters: {describe(unknown)}" if unknown else "")
+        )
+
+    def save_artifacts(self, directory: Path) -> None:
+        with atomic_path(directory / TOKENIZER) as tmp:
+            self.codec.tokenizer.save(tmp)
+
+    def load_artifacts(self, directory: Path) -> None:
+        self.codec = CharCodec(TextTokenizer.load(directory / TOKENIZER))
+
+    # --- model ---------------------------------------------------------------------------
+    def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
+        m = self.config.model
+        return CharLM(
+            self.codec.vocab_size,
+            embedding_dim=m.embedding_dim,
+            hidden_size=m.hidden_size,
+            layers=m.layers,
+            cell=m.cell,
+            dropout=m.dropout,
+            tie_weights=m.tie_weights,
+            bf16=m.bf16,
+        )
+
+    def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[LMBatch]:
+        """Windows of this rank's lanes, in reading order (never shuffled: the state carries).
+        Under DDP every rank gets its own ``lanes`` contiguous lanes of the text."""
+        lanes = self.lanes if world_size == 1 else self.lanes // world_size
+        windows = lm_windows(self.train_ids, lanes * world_size, self.config.model.seq_len)
+        if world_size == 1:
+            return windows
+        own = slice(rank * lanes, (rank + 1) * lanes)
+        return [
+            LMBatch(w.inputs[own], w.targets[own], int((w.targets[own] >= 0).sum()))
+            for w in windows
+        ]
+
+    # --- evaluation ----------------------------------------------------------------------
+    def _score(self, model: nn.Module, ids: Tensor) -> dict[str, Any]:
+        return evaluate_stream(
+            model,
+            ids,
+            self.config.eval.batch_size,
+            self.config.model.seq_len,
+            self.device,
+            context=self.config.model.eval_context,
+        )
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        return self._score(model, self.val_ids)
+
+    def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+        """loss (nats/char), bpc, perplexity and n_chars over a whole text file."""
+        if len(paths) != 1:
+            raise NlpseqError("chargen evaluation takes one text file")
+        ids, unknown = self.codec.encode(read_text(paths[0]))
+        if len(ids) < 2:
+            raise NlpseqError("the text needs at least 2 characters to score", paths[0])
+        if unknown:
+            warn_stderr(f"{paths[0]}: characters not seen in training: {describe(unknown)}")
+        return self._score(self.model, ids)
+
+    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
+        """Score each line on its own (from a fresh state): bits per character, or JSON with
+        loss, bpc, perplexity and n_chars. A line of fewer than 2 characters scores nan."""
+        for line in lines:
+            ids, _ = self.codec.encode(line)
+            if len(ids) < 2:
+                scores = {
+                    "loss": float("nan"),
+                    "bpc": float("nan"),
+                    "perplexity": float("nan"),
+                    "n_chars": 0,
+                }
+            else:
+                scores = evaluate_stream(self.model, ids, 1, len(ids), self.device)
+            yield json.dumps(scores) if as_json else f"{scores['bpc']:.4f}"
+
+    # --- generation ----------------------------------------------------------------------
+    def _step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        logits, state = self.model.step(tokens, state)
+        logits[:, : len(SPECIALS)] = float("-inf")  # never emit <pad>/<unk>/<bos>/<eos>
+        return logits, state
+
+    def _prime(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        logits, state = self.model.prime(tokens, state)
+        logits[:, : len(SPECIALS)] = float("-inf")
+        return logits, state
+
+    def stream(
+        self,
+        prompt: str = "",
+        length: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        warn: Log = warn_stderr,
+    ) -> Iterator[str]:
+        """The characters that follow ``prompt``, one at a time (the prompt is not repeated).
+
+        temperature 0 is greedy decoding; top_k / top_p (None = off) restrict sampling; the
+        same seed and options give the same text. An empty prompt starts from a fresh state
+        (after a newline, as at the start of a paragraph). Prompt characters unseen in
+        training are reported through ``warn`` and read as the unknown character. Options are
+        checked before anything is generated.
+        """
+        if length < 1:
+            raise NlpseqError(f"length must be >= 1, got {length}")
+        try:
+            check_sampling_options(temperature, top_k, top_p)
+        except ValueError as err:
+            raise NlpseqError(str(err)) from None
+        ids, unknown = self.codec.encode(prompt)
+        if unknown:
+            warn(f"prompt characters not seen in training (read as <unk>): {describe(unknown)}")
+        if len(ids) == 0:
+            start = self.codec.index.get("\n", len(SPECIALS))  # else the most frequent char
+            ids = torch.tensor([start])
+        self.model.eval()
+        tokens = generate(
+            self._step,
+            ids.to(self.device),
+            None,
+            length,
+            prime=self._prime,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        return (self.codec.chars[token] for token in tokens)
+
+    def generate(
+        self,
+        prompt: str = "",
+        length: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """``prompt`` followed by ``length`` generated characters (see :meth:`stream`)."""
+        pieces = self.stream(prompt, length, temperature, top_k, top_p, seed)
+        return prompt + "".join(pieces)

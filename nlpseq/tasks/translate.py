@@ -1,0 +1,290 @@
+"""Translation: line-parallel text -> BPE -> attentional seq2seq -> beam search -> sacreBLEU.
+
+Sources are encoded as ``ids <eos>`` and targets as ``<bos> ids <eos>``; outputs are decoded
+back to plain text (the BPE tokenizer's Metaspace decoder restores the spacing) before they
+are printed or scored, so BLEU and chrF are sacreBLEU's, on detokenized, cased text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nlpseq.batching import bucket_batches, pad
+from nlpseq.checkpoint import atomic_path
+from nlpseq.corpora import ParallelData, read_parallel
+from nlpseq.decoding import beam_search, greedy_search, max_target_lengths
+from nlpseq.errors import NlpseqError
+from nlpseq.metrics import LossCounts, translation_scores
+from nlpseq.models.seq2seq import Seq2Seq, TranslationBatch
+from nlpseq.tasks.base import Log, Task, shard
+from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
+
+TOKENIZER = "tokenizer.json"  # joint vocabulary
+SOURCE_TOKENIZER = "source_tokenizer.json"  # separate vocabularies
+TARGET_TOKENIZER = "target_tokenizer.json"
+
+
+@dataclass
+class Translation:
+    """One translation with the tokens and attention weights behind it."""
+
+    text: str
+    source_tokens: list[str]  # subwords of the source, then </s>
+    target_tokens: list[str]  # subwords of the output, then </s>
+    attention: torch.Tensor  # (len(target_tokens), len(source_tokens)), rows sum to 1
+
+
+class TranslateTask(Task):
+    """Source sentence -> target sentence; model selection by dev BLEU."""
+
+    name = "translate"
+    metrics = {"bleu": True, "chrf": True, "loss": False, "perplexity": False}
+    default_metric = "bleu"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.source_tokenizer: TextTokenizer | None = None
+        self.target_tokenizer: TextTokenizer | None = None
+        self.train_pairs: list[tuple[list[int], list[int]]] = []
+        self.dev_sources: list[list[int]] = []
+        self.dev_targets: list[list[int]] = []
+        self.dev_references: list[str] = []
+
+    @property
+    def joint(self) -> bool:
+        return self.config.tokenizer.joint
+
+    # --- data ----------------------------------------------------------------------------
+    def _read(self, source: str, target: str, split: str) -> ParallelData:
+        if not source or not target:
+            raise NlpseqError(
+                f"translation needs data.{split} and data.{split}_target (source and target "
+                "files)", self.config.source or None,
+            )
+        return read_parallel(source, target)
+
+    def encode_sources(self, texts: list[str]) -> list[list[int]]:
+        """Source texts -> ``ids <eos>`` (never empty)."""
+        return [ids + [EOS] for ids in self.source_tokenizer.encode_batch(texts)]
+
+    def encode_targets(self, texts: list[str]) -> list[list[int]]:
+        """Target texts -> ``<bos> ids <eos>``."""
+        return [[BOS, *ids, EOS] for ids in self.target_tokenizer.encode_batch(texts)]
+
+    def prepare(self, log: Log, artifacts: Path | None = None) -> None:
+        data = self.config.data
+        if self.config.embeddings.path:
+            raise NlpseqError(
+                "translation does not use pretrained embeddings: remove embeddings.path",
+                self.config.source or None,
+            )
+        train = self._read(data.train, data.train_target, "train")
+        if data.limit:
+            train = train.select([i < data.limit for i in range(len(train.sources))])
+        if artifacts is not None:
+            self.load_artifacts(artifacts)
+        elif self.joint:
+            self.source_tokenizer = TextTokenizer.train(
+                train.sources + train.targets, self.config.tokenizer
+            )
+            self.target_tokenizer = self.source_tokenizer
+        else:
+            self.source_tokenizer = TextTokenizer.train(train.sources, self.config.tokenizer)
+            self.target_tokenizer = TextTokenizer.train(train.targets, self.config.tokenizer)
+        sources = self.encode_sources(train.sources)
+        targets = self.encode_targets(train.targets)
+        empty = too_long = 0
+        self.train_pairs = []
+        for source, target, src_text, tgt_text in zip(
+            sources, targets, train.sources, train.targets
+        ):
+            if not src_text or not tgt_text:
+                empty += 1
+            elif (len(source) - 1 > data.max_source_length
+                  or len(target) - 2 > data.max_target_length):
+                too_long += 1
+            else:
+                self.train_pairs.append((source, target))
+        if not self.train_pairs:
+            raise NlpseqError("no training pairs left after dropping empty and long ones",
+                              train.source_path)
+        vocab = (f"joint vocabulary {self.source_tokenizer.vocab_size}" if self.joint else
+                 f"vocabularies {self.source_tokenizer.vocab_size} (source), "
+                 f"{self.target_tokenizer.vocab_size} (target)")
+        log(f"train: {len(self.train_pairs)} pairs from {train.source_path} / "
+            f"{train.target_path}; dropped {too_long} longer than {data.max_source_length} "
+            f"(source) or {data.max_target_length} (target) tokens and {empty} with an empty "
+            f"side; {vocab}")
+        if data.dev:
+            dev = self._read(data.dev, data.dev_target, "dev")
+            self.dev_sources = self.encode_sources(dev.sources)
+            self.dev_targets = self.encode_targets(dev.targets)
+            self.dev_references = dev.targets
+            log(f"dev: {len(dev.sources)} pairs from {dev.source_path} / {dev.target_path}")
+
+    def save_artifacts(self, directory: Path) -> None:
+        pairs = ([(TOKENIZER, self.source_tokenizer)] if self.joint else
+                 [(SOURCE_TOKENIZER, self.source_tokenizer),
+                  (TARGET_TOKENIZER, self.target_tokenizer)])
+        for name, tokenizer in pairs:
+            with atomic_path(directory / name) as tmp:
+                tokenizer.save(tmp)
+
+    def load_artifacts(self, directory: Path) -> None:
+        if self.joint:
+            self.source_tokenizer = TextTokenizer.load(directory / TOKENIZER)
+            self.target_tokenizer = self.source_tokenizer
+        else:
+            self.source_tokenizer = TextTokenizer.load(directory / SOURCE_TOKENIZER)
+            self.target_tokenizer = TextTokenizer.load(directory / TARGET_TOKENIZER)
+
+    # --- model ---------------------------------------------------------------------------
+    def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
+        m = self.config.model
+        return Seq2Seq(
+            m, self.source_tokenizer.vocab_size, self.target_tokenizer.vocab_size,
+            pad_id=PAD, bos_id=BOS, eos_id=EOS,
+            share_source_embedding=m.share_embeddings and self.joint,
+        )
+
+    def _batches(
+        self, sources: list[list[int]], targets: list[list[int]], order: list[list[int]]
+    ) -> list[TranslationBatch]:
+        out = []
+        for indices in order:
+            source, lengths = pad([sources[i] for i in indices], PAD)
+            target, _ = pad([targets[i] for i in indices], PAD)
+            out.append(TranslationBatch(source, lengths, target, PAD))
+        return out
+
+    def train_batches(
+        self, epoch: int, rank: int = 0, world_size: int = 1
+    ) -> list[TranslationBatch]:
+        t = self.config.train
+        # Sort key: target length, then source length (both shape the padded batch).
+        keys = [len(tgt) * 1024 + min(len(src), 1023) for src, tgt in self.train_pairs]
+        order = bucket_batches(keys, t.batch_size, seed=t.seed * 1000 + epoch, pool=t.bucket_pool)
+        sources = [src for src, _ in self.train_pairs]
+        targets = [tgt for _, tgt in self.train_pairs]
+        return self._batches(sources, targets, shard(order, rank, world_size))
+
+    # --- decoding ------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self, model: Seq2Seq, sources: list[list[int]], beam: int = 1
+    ) -> list[list[int]]:
+        """Target ids (no ``<bos>``/``<eos>``) for encoded sources, in input order."""
+        model.eval()
+        m = self.config.model
+        outputs: list[list[int]] = [[] for _ in sources]
+        # Beam search decodes beam rows per sentence: keep the rows per batch about constant.
+        batch_size = max(1, self.config.eval.batch_size // max(beam, 1))
+        for indices in bucket_batches([len(s) for s in sources], batch_size, shuffle=False):
+            source, lengths = pad([sources[i] for i in indices], PAD)
+            source, lengths = source.to(self.device), lengths.to(self.device)
+            state = model.encode(source, lengths)
+            bos = torch.full((len(indices),), BOS, dtype=torch.long, device=self.device)
+            limits = max_target_lengths(lengths - 1, m.max_length_a, m.max_length_b)
+            if beam <= 1:
+                found = greedy_search(model.step, model.reorder_state, state, bos, EOS, limits)
+                tokens = [h.tokens for h in found]
+            else:
+                found = beam_search(
+                    model.step, model.reorder_state, state, bos, EOS, limits, beam_size=beam,
+                    alpha=m.length_penalty,
+                )
+                tokens = [h[0].tokens for h in found]
+            for i, out in zip(indices, tokens):
+                outputs[i] = out
+        return outputs
+
+    def translate(self, sentences: list[str], beam: int | None = None) -> list[str]:
+        """Translate plain-text sentences (``beam`` None = ``eval.beam``); empty in, empty out."""
+        beam = self.config.eval.beam if beam is None else beam
+        texts = [s.strip() for s in sentences]
+        real = [i for i, text in enumerate(texts) if text]
+        ids = self.decode(self.model, self.encode_sources([texts[i] for i in real]), beam)
+        out = [""] * len(texts)
+        for i, target in zip(real, ids):
+            out[i] = self.target_tokenizer.decode(target)
+        return out
+
+    @torch.no_grad()
+    def translate_with_attention(self, sentence: str, beam: int | None = None) -> Translation:
+        """Translate one sentence and return the attention behind the translation."""
+        beam = self.config.eval.beam if beam is None else beam
+        source = self.encode_sources([sentence.strip()])[0]
+        target = self.decode(self.model, [source], beam)[0]
+        src = torch.tensor([source], device=self.device)
+        lengths = torch.tensor([len(source)], device=self.device)
+        inputs = torch.tensor([[BOS, *target]], device=self.device)
+        weights = self.model.attention_weights(src, lengths, inputs)[0].cpu()  # (T+1, S)
+        source_tokens = self.source_tokenizer.tokens(sentence.strip()) + ["</s>"]
+        target_tokens = [self.target_tokenizer.id_to_token(i) or "?" for i in target] + ["</s>"]
+        return Translation(
+            self.target_tokenizer.decode(target), source_tokens, target_tokens, weights
+        )
+
+    # --- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _loss(self, model: Seq2Seq, sources: list[list[int]], targets: list[list[int]]) -> dict:
+        model.eval()
+        counts = LossCounts()
+        order = bucket_batches([len(t) for t in targets], self.config.eval.batch_size,
+                               shuffle=False)
+        for batch in self._batches(sources, targets, order):
+            loss, count, _ = model(batch.to(self.device))
+            counts.add(float(loss), count)
+        result = counts.result()
+        return {"loss": result["loss"], "perplexity": result["perplexity"],
+                "tokens": result["tokens"]}
+
+    def _score(
+        self, model: Seq2Seq, sources: list[list[int]], references: list[str], beam: int,
+        targets: list[list[int]] | None = None,
+    ) -> dict[str, Any]:
+        decoded = self.decode(model, sources, beam)
+        hypotheses = [self.target_tokenizer.decode(ids) for ids in decoded]
+        result = translation_scores(hypotheses, references)
+        result["beam"] = beam
+        if targets is not None:
+            result.update(self._loss(model, sources, targets))
+        return result
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        if not self.dev_sources:
+            raise NlpseqError("no dev data: set data.dev and data.dev_target",
+                              self.config.source or None)
+        return self._score(model, self.dev_sources, self.dev_references,
+                           self.config.model.dev_beam, self.dev_targets)
+
+    def evaluate_files(self, paths: list[str], beam: int | None = None) -> dict[str, Any]:
+        """Translate SOURCE and score it against REFERENCE (``eval.beam`` unless given)."""
+        if len(paths) != 2:
+            raise NlpseqError("translation evaluation takes two files: SOURCE REFERENCE")
+        data = read_parallel(paths[0], paths[1])
+        beam = self.config.eval.beam if beam is None else beam
+        sources = self.encode_sources(data.sources)
+        targets = self.encode_targets(data.targets)
+        return self._score(self.model, sources, data.targets, beam, targets)
+
+    def predict_lines(
+        self, lines: Iterable[str], as_json: bool = False, beam: int | None = None
+    ) -> Iterator[str]:
+        """One translation per input line, in order (an empty line gives an empty line)."""
+        chunk: list[str] = []
+        for line in [*lines, None]:
+            if line is not None:
+                chunk.append(line)
+            if chunk and (line is None or len(chunk) == 1024):
+                for text in self.translate(chunk, beam):
+                    yield json.dumps({"translation": text}, ensure_ascii=False) if as_json else text
+                chunk = []
+

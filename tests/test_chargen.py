@@ -1,0 +1,177 @@
+"""Character generation task: train, save, reload, generate, evaluate, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import nlpseq
+from nlpseq.cli import main
+from nlpseq.config import TokenizerConfig, load_config
+from nlpseq.tasks.chargen import CharCodec
+from nlpseq.tokenize import UNK, TextTokenizer
+from nlpseq.train import train
+
+VERSE = "row to the light,\nkeep left of the bell;\nthe steps are wet.\n"
+TEXT = VERSE * 12  # 708 characters: the last 10% validates
+
+PIPELINE = """\
+task: chargen
+data:
+  format: text
+  train: {train}
+tokenizer:
+  kind: char
+model:
+  cell: lstm
+  embedding_dim: 16
+  hidden_size: 48
+  layers: 1
+  seq_len: 24
+  eval_context: 8
+train:
+  epochs: 40
+  batch_size: 4
+  lr: 0.01
+  schedule: none
+  patience: 0
+  seed: 3
+  device: cpu
+  threads: 1
+eval:
+  batch_size: 2
+"""
+
+
+def write_pipeline(directory: Path, text: str = TEXT) -> Path:
+    (directory / "text.txt").write_text(text, encoding="utf-8")
+    path = directory / "chargen.yaml"
+    path.write_text(PIPELINE.format(train=directory / "text.txt"), encoding="utf-8")
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained until it knows the verse by heart (shared, read-only)."""
+    base = tmp_path_factory.mktemp("chargen")
+    result = train(
+        load_config(write_pipeline(base)), base / "run", log=lambda _m: None, progress=False
+    )
+    assert result.metrics["dev"]["loss"] < 0.05, result.history
+    return base / "run"
+
+
+def test_overfits_then_reproduces_the_text_greedily_after_reload(run_dir):
+    generator = nlpseq.load(run_dir)
+    prompt = TEXT[:6]
+    out = generator.generate(prompt, length=len(VERSE) * 2, temperature=0.0)
+    assert out == TEXT[: len(prompt) + len(VERSE) * 2]
+    # top-k 1 samples the argmax: the same text as greedy, whatever the seed
+    assert generator.generate(prompt, length=40, top_k=1, seed=5) == out[: len(prompt) + 40]
+
+
+def test_sampling_with_a_seed_is_reproducible(run_dir):
+    first = nlpseq.load(run_dir).generate("the ", length=80, temperature=1.5, seed=7)
+    again = nlpseq.load(run_dir).generate("the ", length=80, temperature=1.5, seed=7)
+    other = nlpseq.load(run_dir).generate("the ", length=80, temperature=1.5, seed=8)
+    assert first == again and first != other
+    assert len(first) == 84 and first.startswith("the ")
+
+
+def test_split_by_position_and_character_vocabulary(tmp_path):
+    from nlpseq.tasks.chargen import ChargenTask
+
+    task = ChargenTask(load_config(write_pipeline(tmp_path)))
+    task.prepare(lambda _m: None)
+    n_train = int(len(TEXT) * 0.9)
+    assert len(task.train_ids) == n_train and len(task.val_ids) == len(TEXT) - n_train
+    assert task.codec.decode(task.val_ids.tolist()) == TEXT[n_train:]
+    assert task.codec.vocab_size == 4 + len(set(TEXT))
+
+
+def test_codec_matches_the_tokenizer_and_keeps_literal_specials():
+    tokenizer = TextTokenizer.train(["abc\n", "ba c"], TokenizerConfig(kind="char"))
+    codec = CharCodec(tokenizer)
+    ids, unknown = codec.encode("cab\n ab")
+    assert ids.tolist() == tokenizer.encode("cab\n ab")
+    ids, unknown = codec.encode("a<unk>é")
+    assert ids[0] == tokenizer.token_to_id("a") and (ids[1:] == UNK).all()
+    assert unknown == sorted(set("<unk>é"))
+
+
+def test_cli_generate_streams_prompt_then_text(run_dir):
+    args = ("generate", run_dir, "--prompt", "the s", "--length", 30, "--seed", 4)
+    result = invoke(*args, "--temperature", 0.8, "--top-p", 0.9)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the s") and len(result.stdout) == len("the s") + 30 + 1
+    assert invoke(*args, "--temperature", 0.8, "--top-p", 0.9).stdout == result.stdout
+    greedy = invoke(*args, "--temperature", 0)
+    assert greedy.stdout == nlpseq.load(run_dir).generate("the s", 30, temperature=0) + "\n"
+
+
+def test_cli_generate_empty_prompt_and_unknown_characters(run_dir):
+    empty = invoke("generate", run_dir, "--prompt", "", "--length", 20, "--seed", 1)
+    assert empty.exit_code == 0 and len(empty.stdout) == 21
+    unknown = invoke("generate", run_dir, "--prompt", "Quiz", "--length", 5, "--seed", 1)
+    assert unknown.exit_code == 0 and unknown.stdout.startswith("Quiz")
+    assert unknown.stderr.count("\n") == 1 and '"Q", "u", "z"' in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        (("--length", "0"), "length must be >= 1"),
+        (("--length", "-3"), "length must be >= 1"),
+        (("--temperature", "-0.5"), "temperature must be >= 0"),
+        (("--top-p", "0"), "top_p must be in (0, 1]"),
+        (("--top-p", "1.01"), "top_p must be in (0, 1]"),
+        (("--top-k", "0"), "top_k must be >= 1"),
+    ],
+)
+def test_cli_generate_bad_options_are_one_line_errors(run_dir, option, fragment):
+    assert_one_line_error(invoke("generate", run_dir, "--prompt", "the", *option), fragment)
+
+
+def test_cli_evaluate_json_sums_over_the_whole_file(run_dir, tmp_path):
+    path = tmp_path / "eval.txt"
+    path.write_text(VERSE * 3, encoding="utf-8")
+    result = invoke("evaluate", run_dir, path, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == {"loss", "bpc", "perplexity", "n_chars"}
+    assert metrics["n_chars"] == len(VERSE) * 3 - 1
+    assert metrics["bpc"] == pytest.approx(metrics["loss"] / math.log(2))
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert metrics["loss"] < 0.2
+
+
+def test_training_text_shorter_than_one_window_is_an_error(tmp_path):
+    pipeline = write_pipeline(tmp_path, text="too short")
+    result = invoke("train", pipeline, "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(result, "shorter than one window")
+
+
+def test_predict_scores_each_line(run_dir):
+    result = CliRunner().invoke(
+        main, ["predict", str(run_dir), "--json"], input="keep left of the bell;\nzz\n"
+    )
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["n_chars"] == 21 and first["loss"] < second["loss"]
+    assert torch.isfinite(torch.tensor(first["bpc"]))

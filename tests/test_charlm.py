@@ -1,0 +1,187 @@
+"""CharLM and truncated-BPTT data: lanes, windows, carried state, summed metrics, overfitting."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlpseq.decoding import generate
+from nlpseq.lmdata import (
+    IGNORE,
+    LMBatch,
+    evaluate_stream,
+    lm_metrics,
+    lm_windows,
+    make_lanes,
+    split_stream,
+)
+from nlpseq.models.charlm import CharLM
+
+
+def tiny_model(cell: str = "lstm", **kwargs) -> CharLM:
+    torch.manual_seed(0)
+    options = {"embedding_dim": 8, "hidden_size": 16, "layers": 2, "cell": cell, "dropout": 0.0}
+    options.update(kwargs)
+    return CharLM(11, **options)
+
+
+def test_split_stream_by_position():
+    stream = torch.arange(100)
+    train, val = split_stream(stream)
+    assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
+    train, val = split_stream(stream, 0.25)
+    assert len(train) == 75 and int(val[0]) == 75
+
+
+def test_lanes_and_windows_cover_every_target_once_in_order():
+    stream = torch.arange(23)  # 22 targets; 3 lanes of ceil(22 / 3) = 8
+    windows = lm_windows(stream, batch_size=3, seq_len=3)
+    assert [w.inputs.shape for w in windows] == [(3, 3), (3, 3), (3, 2)]
+    assert sum(w.num_tokens for w in windows) == 22
+    inputs = torch.cat([w.inputs for w in windows], dim=1)  # (3, 8)
+    targets = torch.cat([w.targets for w in windows], dim=1)
+    for lane in range(3):
+        expected = torch.arange(lane * 8, lane * 8 + 8)
+        real = targets[lane] != IGNORE
+        # each lane is a contiguous slice and each target is its input's successor
+        assert torch.equal(inputs[lane][real], expected[expected < 22])
+        assert torch.equal(targets[lane][real], inputs[lane][real] + 1)
+    # carry continuity: window w + 1 of a lane starts where window w ended
+    for before, after in itertools.pairwise(windows):
+        real = after.targets[:, 0] != IGNORE
+        assert torch.equal(after.inputs[real, 0], before.targets[real, -1])
+    all_targets = targets[targets != IGNORE]
+    assert sorted(all_targets.tolist()) == list(range(1, 23))
+
+
+def test_context_lanes_read_history_before_scoring_each_target_once():
+    stream = torch.arange(23)  # 22 targets, 3 lanes, 4 tokens of context: L = ceil(18 / 3) = 6
+    inputs, targets = make_lanes(stream, batch_size=3, context=4)
+    assert inputs.shape == (3, 10)
+    for lane in range(3):
+        # every lane is contiguous and reads as many tokens as the others
+        assert torch.equal(inputs[lane], torch.arange(lane * 6, lane * 6 + 10))
+    assert (targets[0] != IGNORE).all()  # the first lane has no history to warm up on
+    assert (targets[1:, :4] == IGNORE).all() and (targets[1:, 4:] != IGNORE).all()
+    scored = targets[targets != IGNORE]
+    assert sorted(scored.tolist()) == list(range(1, 23))
+
+
+def test_windows_with_offset_start_later():
+    windows = lm_windows(torch.arange(20), batch_size=2, seq_len=4, offset=3)
+    assert windows[0].inputs[0, 0] == 3 and windows[0].targets[0, 0] == 4
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stateful_windows_equal_one_pass_per_lane(cell):
+    """Carrying the state across windows gives exactly the loss of reading each lane whole."""
+    model = tiny_model(cell).eval()
+    stream = torch.randint(0, 11, (61,), generator=torch.Generator().manual_seed(0))
+    metrics = evaluate_stream(model, stream, batch_size=4, seq_len=4)
+    lane_len = math.ceil(60 / 4)
+    total = 0.0
+    with torch.no_grad():
+        for lane in range(4):
+            piece = stream[lane * lane_len : (lane + 1) * lane_len + 1]
+            logits, _ = model.logits(piece[:-1].unsqueeze(0))
+            total += float(F.cross_entropy(logits[0], piece[1:], reduction="sum"))
+    assert metrics["n_chars"] == 60
+    assert metrics["loss"] == pytest.approx(total / 60, rel=1e-5)
+    # with context, a lane is read whole from its first context token, scoring only its part
+    metrics = evaluate_stream(model, stream, batch_size=3, seq_len=4, context=5)
+    inputs, targets = make_lanes(stream, 3, context=5)
+    with torch.no_grad():
+        logits, _ = model.logits(inputs)
+    expected = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="sum")
+    assert metrics["n_chars"] == 60
+    assert metrics["loss"] == pytest.approx(float(expected) / 60, rel=1e-5)
+
+
+def test_metrics_from_summed_loss_by_hand():
+    # a model that predicts the uniform distribution: ln V nats, log2 V bits, perplexity V
+    model = tiny_model()
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+    metrics = evaluate_stream(model, torch.arange(11).repeat(3), batch_size=2, seq_len=5)
+    assert metrics["n_chars"] == 32
+    assert metrics["loss"] == pytest.approx(math.log(11), rel=1e-6)
+    assert metrics["bpc"] == pytest.approx(math.log2(11), rel=1e-6)
+    assert metrics["perplexity"] == pytest.approx(11, rel=1e-5)
+    # sums, never means of means: windows of 3 and 1 tokens with losses 3.0 and 2.0
+    assert lm_metrics(3.0 + 2.0, 4) == {
+        "loss": 1.25,
+        "bpc": 1.25 / math.log(2),
+        "perplexity": math.exp(1.25),
+        "n_chars": 4,
+    }
+
+
+def test_forward_returns_sum_count_and_detached_carry():
+    model = tiny_model()
+    batch = lm_windows(torch.arange(40) % 11, batch_size=2, seq_len=5)[0]
+    loss_sum, count, carry = model(batch)
+    assert count == 10 and loss_sum.dim() == 0 and loss_sum.requires_grad
+    h, c = carry
+    assert h.shape == (2, 2, 16) and not h.requires_grad and not c.requires_grad
+    logits, _ = model.logits(batch.inputs)
+    expected = F.cross_entropy(logits.reshape(-1, 11), batch.targets.reshape(-1), reduction="sum")
+    assert loss_sum.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a carry for another number of lanes is not applied (a fresh state is used instead)
+    other = LMBatch(batch.inputs[:1], batch.targets[:1], 5)
+    with torch.no_grad():
+        assert float(model(other, carry)[0]) == pytest.approx(float(model(other)[0]))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prime_equals_stepping(cell):
+    model = tiny_model(cell, tie_weights=True).eval()  # 16 != 8: tying needs a projection
+    assert model.output.weight is model.embedding.weight and model.projection is not None
+    tokens = torch.tensor([[1, 5, 2, 9, 0]])
+    with torch.no_grad():
+        primed, primed_state = model.prime(tokens, None)
+        state = model.init_state(1)
+        for t in range(tokens.size(1)):
+            stepped, state = model.step(tokens[:, t], state)
+    assert primed.shape == (1, 11)
+    assert torch.allclose(primed, stepped, atol=1e-6)
+    if cell == "lstm":
+        assert torch.allclose(primed_state[1], state[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_overfits_a_string_and_reproduces_it_greedily(cell):
+    text = "the cat sat on the mat, the dog sat on the log."
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text])
+    torch.manual_seed(0)
+    model = CharLM(len(chars), embedding_dim=16, hidden_size=48, layers=1, cell=cell)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    batch = lm_windows(ids, batch_size=1, seq_len=len(text))[0]
+    for _ in range(300):
+        loss_sum, count, _ = model(batch)
+        optimizer.zero_grad()
+        (loss_sum / count).backward()
+        optimizer.step()
+    model.eval()
+    prefix = 4
+    out = generate(
+        model.step, ids[:prefix], None, len(text) - prefix, prime=model.prime, temperature=0.0
+    )
+    assert text[:prefix] + "".join(chars[i] for i in out) == text
+
+
+def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights():
+    model = tiny_model()
+    batch = lm_windows(torch.arange(60) % 11, batch_size=2, seq_len=8)[0]
+    with torch.no_grad():
+        full = model(batch)[0]
+        model.bf16 = True
+        half, _, carry = model(batch)
+    assert half.dtype == torch.float32 and model.output.weight.dtype == torch.float32
+    assert float(half) == pytest.approx(float(full), rel=2e-2)
+    assert carry[0].shape == (2, 2, 16)

@@ -1,0 +1,276 @@
+"""NER end to end on a tiny CoNLL corpus: reader errors, overfit, save, reload, predict, CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import nlpseq
+from nlpseq.cli import main
+from nlpseq.config import load_config
+from nlpseq.corpora import read_conll
+from nlpseq.errors import NlpseqError
+from nlpseq.models.tagger import CharCNN, casing
+from nlpseq.train import train
+
+# IOB1 as in CoNLL-2003: B- only where an entity directly follows one of the same type.
+SENTENCES = [
+    [("Anna", "NNP", "I-PER"), ("Keller", "NNP", "I-PER"), ("visited", "VBD", "O"),
+     ("Lisbon", "NNP", "I-LOC"), (".", ".", "O")],
+    [("Helio", "NNP", "I-ORG"), ("Motors", "NNP", "I-ORG"), ("hired", "VBD", "O"),
+     ("Marcus", "NNP", "I-PER"), ("Obi", "NNP", "I-PER"), (".", ".", "O")],
+    [("Flights", "NNS", "O"), ("from", "IN", "O"), ("Oslo", "NNP", "I-LOC"),
+     ("Quito", "NNP", "B-LOC"), ("stopped", "VBD", "O"), (".", ".", "O")],
+    [("The", "DT", "O"), ("Valdoran", "JJ", "I-MISC"), ("team", "NN", "O"), ("won", "VBD", "O"),
+     ("in", "IN", "O"), ("Kyoto", "NNP", "I-LOC"), (".", ".", "O")],
+    [("Rain", "NN", "O"), ("fell", "VBD", "O"), (".", ".", "O")],
+    [("Lena", "NNP", "I-PER"), ("joined", "VBD", "O"), ("Northwind", "NNP", "I-ORG"),
+     ("Bank", "NNP", "I-ORG"), ("in", "IN", "O"), ("Tallinn", "NNP", "I-LOC"), (".", ".", "O")],
+]
+
+
+def conll_text(sentences=SENTENCES, docstart: bool = True) -> str:
+    out = "-DOCSTART- -X- O O\n\n" if docstart else ""
+    for sentence in sentences:
+        out += "".join(f"{w} {p} I-NP {t}\n" for w, p, t in sentence) + "\n"
+    return out
+
+
+PIPELINE = """\
+task: ner
+data:
+  format: conll
+  train: {train}
+  dev: {dev}
+  tag_scheme: iob1
+tokenizer:
+  kind: word
+  lowercase: true
+{embeddings}model:
+  embedding_dim: {dim}
+  hidden_size: 24
+  char_encoder: {char_encoder}
+  char_embedding_dim: 8
+  char_hidden_size: 12
+  casing_dim: 4
+  dropout: 0.0
+  embedding_dropout: 0.0
+  output: {output}
+  frozen_vectors: {frozen}
+train:
+  epochs: {epochs}
+  batch_size: 3
+  lr: 0.02
+  schedule: none
+  patience: 0
+  seed: 3
+  device: cpu
+  threads: 1
+"""
+
+
+def write_pipeline(directory: Path, *, output: str = "crf", char_encoder: str = "cnn",
+                   epochs: int = 40, glove: Path | None = None) -> Path:
+    corpus = directory / "train.conll"
+    corpus.write_text(conll_text(), encoding="utf-8")
+    embeddings = f"embeddings:\n  path: {glove}\n  format: glove\n" if glove else ""
+    path = directory / "ner.yaml"
+    path.write_text(PIPELINE.format(
+        train=corpus, dev=corpus, embeddings=embeddings, dim=3 if glove else 16,
+        char_encoder=char_encoder, output=output, frozen="true" if glove else "false",
+        epochs=epochs,
+    ), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    corpus: Path
+    predictions: list
+
+
+@pytest.fixture(scope="session")
+def ner_run(tmp_path_factory) -> Run:
+    """A tiny BiLSTM-CRF trained once until it tags its training sentences perfectly."""
+    base = tmp_path_factory.mktemp("ner")
+    config = load_config(write_pipeline(base))
+    result = train(config, base / "run", log=lambda _m: None, progress=False)
+    assert result.metrics["dev"]["f1"] == 100.0, result.history
+    tokens = [[w for w, _, _ in s] for s in SENTENCES]
+    return Run(base / "run", base / "train.conll", result.task.predict(tokens))
+
+
+def invoke(*args, input: str | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+# --- reader --------------------------------------------------------------------------------
+
+
+def test_read_conll(tmp_path):
+    path = tmp_path / "a.conll"
+    path.write_text(conll_text(SENTENCES[:3]) + "\n\n", encoding="utf-8")
+    data = read_conll(path, scheme="IOB1")
+    assert data.tokens[2] == ["Flights", "from", "Oslo", "Quito", "stopped", "."]
+    assert data.tags[2][3] == "B-LOC"
+    assert data.lines == [3, 9, 16]
+    # another column as the tag
+    chunks = read_conll(path, tag_column=2)
+    assert chunks.tags[0] == ["I-NP"] * 5
+
+
+@pytest.mark.parametrize("text, line, fragment", [
+    ("EU NNP I-ORG\nrejects VBZ\n", 2, "2 columns"),
+    ("EU NNP I-ORG\n\nrejects VBZ X-ORG\n", 3, "not in scheme"),
+    ("EU NNP I-ORG\nrejects VBZ E-ORG\n", 2, "not in scheme"),
+    ("EU\nrejects\n", 1, "at least 2 columns"),
+])
+def test_read_conll_errors_name_the_line(tmp_path, text, line, fragment):
+    path = tmp_path / "bad.conll"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(NlpseqError) as info:
+        read_conll(path, scheme="IOB2")
+    assert f"{path}:{line}:" in str(info.value) and fragment in str(info.value)
+
+
+def test_read_conll_without_sentences(tmp_path):
+    path = tmp_path / "empty.conll"
+    path.write_text("-DOCSTART- -X- O O\n\n\n", encoding="utf-8")
+    with pytest.raises(NlpseqError, match="no sentences"):
+        read_conll(path)
+    with pytest.raises(NlpseqError, match="column 5 does not exist"):
+        path.write_text("a b O\n", encoding="utf-8")
+        read_conll(path, tag_column=5)
+
+
+def test_casing_and_char_cnn_ignore_padding():
+    assert [casing(t) for t in ["1996", "1996-08-22", "the", "EU", "Anna", "(1)", "-"]] == [
+        1, 2, 3, 4, 5, 6, 7]
+    torch.manual_seed(0)
+    cnn = CharCNN(10, 4, 6, 3)
+    word = torch.tensor([[3, 4, 5]])
+    padded = torch.tensor([[3, 4, 5, 0, 0], [0, 0, 0, 0, 0]])
+    out = cnn(padded)
+    assert torch.allclose(cnn(word)[0], out[0], atol=1e-6)
+    assert out[1].abs().max() == 0  # the padding word
+
+
+# --- training, saving, reloading, predicting ----------------------------------------------
+
+
+def test_overfits_and_reloads_with_identical_predictions(ner_run):
+    gold = [[t for _, _, t in s] for s in SENTENCES]
+    assert ner_run.predictions == gold  # predicted back in IOB1, B-LOC included
+    predictor = nlpseq.load(ner_run.run_dir)
+    tokens = [[w for w, _, _ in s] for s in SENTENCES]
+    assert predictor.predict(tokens) == gold
+    # strings are split on whitespace; spans are (type, start, end exclusive, text)
+    spans = predictor.predict(["Flights from Oslo Quito stopped ."], spans=True)[0]
+    assert spans == [
+        {"type": "LOC", "start": 2, "end": 3, "text": "Oslo"},
+        {"type": "LOC", "start": 3, "end": 4, "text": "Quito"},
+    ]
+    # one sentence alone gets the same tags as in a batch; empty sentences give no tags
+    assert predictor.predict([tokens[3], []]) == [gold[3], []]
+
+
+def test_unknown_words_and_characters_do_not_crash(ner_run):
+    predictor = nlpseq.load(ner_run.run_dir)
+    tags = predictor.predict(["Ωmega Зорк visited 東京 with ßtraße ."])[0]
+    assert len(tags) == 7 and all(t == "O" or t[:2] in ("I-", "B-") for t in tags)
+
+
+def test_cli_evaluate_json(ner_run):
+    result = invoke("evaluate", ner_run.run_dir, ner_run.corpus, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    for key in ("f1", "precision", "recall", "per_type", "n_sentences"):
+        assert key in metrics
+    assert metrics["f1"] == 100.0 and metrics["n_sentences"] == len(SENTENCES)
+    assert metrics["per_type"]["LOC"]["support"] == 5
+
+
+def test_cli_predict_conll_and_plain_text(ner_run, tmp_path):
+    result = invoke("predict", ner_run.run_dir, "--input", ner_run.corpus)
+    assert result.exit_code == 0, result.output
+    blocks = result.stdout.rstrip("\n").split("\n\n")
+    assert len(blocks) == len(SENTENCES)
+    for block, sentence in zip(blocks, SENTENCES):
+        assert block.splitlines() == [f"{w}\t{t}" for w, _, t in sentence]
+    plain = "\n".join(" ".join(w for w, _, _ in s) for s in SENTENCES[:2]) + "\n"
+    result = invoke("predict", ner_run.run_dir, input=plain)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("\n\n")[1].splitlines()[0] == "Helio\tI-ORG"
+    result = invoke("predict", ner_run.run_dir, "--json", input=plain)
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["tags"][:2] == ["I-PER", "I-PER"] and first["spans"][0] == ["PER", 0, 2]
+
+
+def test_cli_bad_input(ner_run, tmp_path):
+    bad = tmp_path / "bad.conll"
+    bad.write_text("EU NNP I-NP I-ORG\nrejects VBZ I-VP\n", encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, bad), f"{bad}:2:", "columns")
+    bad.write_text("EU NNP I-NP I-ORG\nrejects VBZ I-VP S-ORG\n", encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, bad), f"{bad}:2:", "S-ORG")
+    bad.write_text("-DOCSTART- -X- O O\n\n", encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, bad), str(bad), "no sentences")
+    conll = "-DOCSTART- -X- O O\n\nEU NNP I-ORG\nrejects VBZ\n"
+    assert_one_line_error(invoke("predict", ner_run.run_dir, input=conll), "input:4:", "columns")
+
+
+@pytest.mark.parametrize("output, char_encoder", [("softmax", "lstm"), ("crf", "none")])
+def test_other_outputs_and_char_encoders_learn(tmp_path, output, char_encoder):
+    config = load_config(write_pipeline(tmp_path, output=output, char_encoder=char_encoder,
+                                        epochs=30))
+    result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
+    assert result.metrics["dev"]["f1"] >= 90.0, result.history
+
+
+def test_frozen_pretrained_vectors_reach_unseen_words(tmp_path, glove_file):
+    config = load_config(write_pipeline(tmp_path, glove=glove_file, epochs=2))
+    result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
+    assert (tmp_path / "run" / "vectors.safetensors").is_file()
+    predictor = nlpseq.load(tmp_path / "run")
+    model = predictor.model
+    assert model.frozen_vectors.shape == (6, 3)  # 5 vectors + the row for words without one
+    # "film" never occurs in training, yet it finds its pretrained row (case-insensitively)
+    table = predictor._table(
+        type(result.task.dev_data)([["Film", "zzz"]], None, [1], "x"), with_tags=False
+    )
+    batch = table.collate([0])
+    vectors = model.frozen_vectors[batch.pretrained_ids[0]]
+    assert vectors[0].tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert vectors[1].abs().max() == 0
+    assert batch.ids[0].tolist() == [1, 1]  # both unknown to the training vocabulary
+
+
+def test_demo_pipeline_trains_and_serves(tmp_path, monkeypatch):
+    """pipelines/ner.yaml on the bundled corpus, shortened; then evaluate and predict."""
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)  # the pipeline names its corpus relative to the repository
+    run = tmp_path / "demo"
+    result = invoke("train", "pipelines/ner.yaml", "--out", run, "--quiet",
+                    "--set", "train.epochs=2", "--set", "train.threads=1")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", run, "corpora/ner/dev.txt", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_sentences"] == 60
+    result = invoke("predict", run, "--input", "corpora/ner/dev.txt")
+    assert result.exit_code == 0, result.output
+    dev = read_conll(root / "corpora/ner/dev.txt")
+    blocks = result.stdout.rstrip("\n").split("\n\n")
+    assert [[line.split("\t")[0] for line in b.splitlines()] for b in blocks] == dev.tokens

@@ -1,0 +1,132 @@
+"""Attentional seq2seq: masking, padding invariance, training path == decoding path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from nlpseq.batching import pad
+from nlpseq.config import TranslateModelConfig
+from nlpseq.decoding import beam_search, greedy_search
+from nlpseq.models.seq2seq import Seq2Seq, TranslationBatch
+
+PAD, BOS, EOS = 0, 2, 3
+VOCAB = 20
+
+
+def make_model(**overrides) -> Seq2Seq:
+    torch.manual_seed(0)
+    values = dict(embedding_dim=12, hidden_size=16, dropout=0.0, label_smoothing=0.0)
+    values.update(overrides)
+    config = dataclasses.replace(TranslateModelConfig(), **values)
+    return Seq2Seq(config, VOCAB, VOCAB + 3, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
+
+
+def make_batch(sources, targets) -> TranslationBatch:
+    source, lengths = pad(sources, PAD)
+    target, _ = pad([[BOS, *t, EOS] for t in targets], PAD)
+    return TranslationBatch(source, lengths, target)
+
+
+SOURCES = [[5, 6, 7, 8, 9, 3], [10, 11, 3], [12, 3], [4, 5, 6, 7, 3]]
+TARGETS = [[4, 5, 6], [7, 8, 9, 10, 11, 12], [13], [14, 15]]
+KINDS = [
+    dict(attention="dot"),
+    dict(attention="general"),
+    dict(attention="bahdanau"),
+    dict(attention="general", cell="lstm", layers=2),
+    dict(attention="dot", tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("options", [*KINDS, dict(attention="bahdanau", bf16=True)])
+def test_attention_is_zero_on_padding_and_rows_sum_to_one(options):
+    model = make_model(**options)
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        weights = model.attention_weights(batch.source, batch.source_lengths, batch.target)
+    assert weights.shape == (4, batch.target.size(1), batch.source.size(1))
+    for row, length in enumerate(batch.source_lengths.tolist()):
+        assert torch.all(weights[row, :, length:] == 0.0)  # exactly zero, not just small
+        assert torch.all(weights[row, :, :length] > 0.0)
+    assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[:2]), atol=1e-6)
+
+
+@pytest.mark.parametrize("options", KINDS)
+def test_padding_never_changes_a_sentence(options):
+    model = make_model(**options)
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        together = model.encode(batch.source, batch.source_lengths)
+        loss_together, count, _ = model(batch)
+        loss_alone = 0.0
+        for row, (source, target) in enumerate(zip(SOURCES, TARGETS)):
+            single = make_batch([source], [target])
+            alone = model.encode(single.source, single.source_lengths)
+            length = len(source)
+            assert torch.allclose(alone.memory[0], together.memory[row, :length], atol=1e-6)
+            assert torch.allclose(alone.hidden[:, 0], together.hidden[:, row], atol=1e-6)
+            loss_alone += float(model(single)[0])
+    assert count == sum(len(t) + 1 for t in TARGETS)
+    assert float(loss_together) == pytest.approx(loss_alone, rel=1e-5)
+
+
+@pytest.mark.parametrize("options", KINDS)
+def test_teacher_forced_loss_equals_step_by_step_decoding(options):
+    model = make_model(**options)
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        loss, count, carry = model(batch)
+        state = model.encode(batch.source, batch.source_lengths)
+        total = 0.0
+        for t in range(batch.target.size(1) - 1):
+            log_probs, weights, state = model.decode_step(batch.target[:, t], state)
+            gold = batch.target[:, t + 1]
+            real = gold != PAD
+            total -= float(log_probs[real].gather(1, gold[real].unsqueeze(1)).sum())
+            assert weights.shape == batch.source.shape
+    assert carry is None
+    assert float(loss) == pytest.approx(total, rel=1e-5)
+
+
+def test_label_smoothing_only_in_training():
+    model = make_model(label_smoothing=0.2)
+    plain = make_model(label_smoothing=0.0)
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        assert float(model(batch)[0]) == pytest.approx(float(plain(batch)[0]))
+        model.train()
+        assert float(model(batch)[0]) != pytest.approx(float(plain(batch)[0]))
+
+
+def test_tied_and_shared_embeddings():
+    model = make_model(tie_embeddings=True)
+    assert model.output.weight is model.target_embedding.weight
+    config = dataclasses.replace(TranslateModelConfig(), embedding_dim=8, hidden_size=8)
+    shared = Seq2Seq(config, VOCAB, VOCAB, share_source_embedding=True)
+    assert shared.target_embedding is shared.encoder.embedding
+    assert shared.output.weight is shared.encoder.embedding.weight
+
+
+def test_teacher_forcing_below_one_trains():
+    model = make_model(teacher_forcing=0.5).train()
+    batch = make_batch(SOURCES, TARGETS)
+    loss, count, _ = model(batch)
+    loss.backward()
+    assert count == batch.num_tokens
+    assert model.encoder.embedding.weight.grad is not None
+
+
+def test_search_runs_on_the_model():
+    model = make_model()
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        state = model.encode(batch.source, batch.source_lengths)
+        bos = torch.full((4,), BOS)
+        limits = torch.full((4,), 6)
+        greedy = greedy_search(model.step, model.reorder_state, state, bos, EOS, limits)
+        beam = beam_search(model.step, model.reorder_state, state, bos, EOS, limits, beam_size=1)
+    assert [g.tokens for g in greedy] == [b[0].tokens for b in beam]
+    assert all(len(g.tokens) <= 6 for g in greedy)
