@@ -73,6 +73,9 @@ class EmbeddingsConfig:
     path: str = ""  # a file, or a gensim-data name (needs network)
     format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = "glove"
     freeze: bool = False
+    # Add the N most frequent words of the embeddings file to the vocabulary, with their
+    # vectors kept fixed, so words never seen in training still get a pretrained vector.
+    extend_vocab: int = 0
     cache_dir: str = "${NLPSEQ_CACHE:-~/.cache/nlpseq}"
 
 

@@ -8,6 +8,7 @@ and the vocabulary.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -144,12 +145,38 @@ def align(
     return matrix, Coverage(**counts, missing=len(missing))
 
 
-def _file_digest(path: Path) -> str:
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime: float) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a file (memoised per path, size and modification time)."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime)
+
+
+def pretrained_words(path: str, fmt: str, *, cache_dir: str = "", limit: int = 0) -> list[str]:
+    """The words of an embeddings file in file order (GloVe and word2vec files are sorted by
+    frequency), at most ``limit``; the word list is cached by the file's content hash."""
+    cache_file = None
+    if cache_dir and fmt != "gensim-data":
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise NlpseqError("embeddings file not found", file)
+        cache_file = Path(cache_dir).expanduser() / f"words-{_file_digest(file)[:24]}.txt"
+        if cache_file.is_file():
+            words = cache_file.read_text(encoding="utf-8").split("\n")
+            return words[:limit] if limit else words
+    words = list(load_vectors(path, fmt).index_to_key)
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp:
+            Path(tmp).write_text("\n".join(words), encoding="utf-8")
+    return words[:limit] if limit else words
 
 
 def pretrained_matrix(

@@ -106,6 +106,19 @@ class TextTokenizer:
         encoded = self.tokenizer.encode_batch(sentences, is_pretokenized=True)
         return [e.ids for e in encoded]
 
+    def extended(self, words: list[str]) -> TextTokenizer:
+        """A copy of this word-level tokenizer whose vocabulary ends with ``words`` (those not
+        already in it, in order); existing ids are unchanged."""
+        if not isinstance(self.tokenizer.model, models.WordLevel):
+            raise ValueError("only word-level vocabularies can be extended")
+        vocab = self.tokenizer.get_vocab()
+        for word in words:
+            if word not in vocab:
+                vocab[word] = len(vocab)
+        tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+        tokenizer.model = models.WordLevel(vocab, unk_token="<unk>")
+        return TextTokenizer(tokenizer)
+
     def tokens(self, text: str) -> list[str]:
         return self.tokenizer.encode(text).tokens
 

@@ -45,7 +45,8 @@ def test_run_directory_is_complete(trained_run):
     run = trained_run.run_dir
     names = {p.name for p in run.iterdir()}
     assert names == {ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.LAST_WEIGHTS,
-                     ckpt.OPTIMIZER, ckpt.TRAINER_STATE, "tokenizer.json", "labels.json"}
+                     ckpt.OPTIMIZER, ckpt.TRAINER_STATE, "tokenizer.json", "labels.json",
+                     "vocabulary.json"}
     # No temporary files left behind, nothing pickled: every file parses as what it claims.
     config = load_config(run / ckpt.CONFIG)
     assert config.task == "sentiment" and config.model.hidden_size == 8

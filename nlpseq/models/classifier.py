@@ -36,6 +36,7 @@ class TextClassifier(nn.Module):
         unk_id: int = 1,
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
+        fixed_vectors: Tensor | int | None = None,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -44,6 +45,7 @@ class TextClassifier(nn.Module):
             vocab_size, embedding_dim, hidden_size, cell=cell, layers=layers,
             bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
             pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+            fixed_vectors=fixed_vectors,
         )
         size = self.encoder.output_size
         self.pooling = pooling

@@ -71,6 +71,7 @@ class RecurrentEncoder(nn.Module):
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
         extra_dim: int = 0,
+        fixed_vectors: Tensor | int | None = None,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -80,6 +81,15 @@ class RecurrentEncoder(nn.Module):
             with torch.no_grad():
                 self.embedding.weight.copy_(pretrained)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
+        # Ids >= vocab_size look up fixed (untrained) pretrained vectors: words never seen in
+        # training. An int gives the row count only (the weights come from a checkpoint).
+        self.vocab_size = vocab_size
+        if isinstance(fixed_vectors, int):
+            fixed_vectors = torch.zeros(fixed_vectors, embedding_dim)
+        self.register_buffer(
+            "fixed_vectors", fixed_vectors if fixed_vectors is not None and
+            len(fixed_vectors) else None,
+        )
         self.cell = cell
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
@@ -96,13 +106,22 @@ class RecurrentEncoder(nn.Module):
         )
         self.output_size = hidden_size * directions
 
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids (B, T) -> vectors (B, T, E), trained or fixed."""
+        if self.fixed_vectors is None:
+            return self.embedding(ids)
+        fixed = ids >= self.vocab_size  # (B, T)
+        x = self.embedding(ids.masked_fill(fixed, 0))
+        rows = nn.functional.embedding((ids - self.vocab_size).clamp(min=0), self.fixed_vectors)
+        return torch.where(fixed.unsqueeze(-1), rows, x)
+
     def forward(
         self, ids: Tensor, lengths: Tensor, extra: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         lengths = lengths.to(ids.device)
         steps = ids.size(1)
         ragged = bool((lengths != steps).any())
-        x = self.embedding(ids)  # (B, T, E)
+        x = self.embed(ids)  # (B, T, E)
         if extra is not None:
             x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
         x = self.embedding_dropout(x)

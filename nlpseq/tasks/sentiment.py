@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from nlpseq.batching import TextBatch, TokenStore, bucket_batches
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import atomic_path, read_json, write_json
 from nlpseq.corpora import LabelledData, load_hub, read_labelled
-from nlpseq.embeddings import pretrained_matrix
+from nlpseq.embeddings import pretrained_matrix, pretrained_words
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import ClassificationCounts
 from nlpseq.models.classifier import TextClassifier
@@ -23,6 +23,7 @@ from nlpseq.vocab import LabelVocab
 
 TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
+VOCABULARY = "vocabulary.json"
 
 
 def file_format(path: str, default: str) -> str:
@@ -45,6 +46,7 @@ class SentimentTask(Task):
         super().__init__(config)
         self.tokenizer: TextTokenizer | None = None
         self.labels: LabelVocab | None = None
+        self.trained_vocab_size = 0  # ids from here on have fixed pretrained vectors
         self.train_ids = TokenStore([])
         self.train_labels = torch.zeros(0, dtype=torch.long)
         self.dev_ids: list[list[int]] = []
@@ -82,10 +84,19 @@ class SentimentTask(Task):
         else:
             self.tokenizer = TextTokenizer.train(train.texts, self.config.tokenizer)
             self.labels = LabelVocab.from_data(train.labels)
+            self.trained_vocab_size = self.tokenizer.vocab_size
+            emb = self.config.embeddings
+            if emb.extend_vocab and emb.path:
+                words = pretrained_words(
+                    emb.path, emb.format, cache_dir=emb.cache_dir, limit=emb.extend_vocab
+                )
+                self.tokenizer = self.tokenizer.extended(words)
         ids, labels = self._encode(train)
         self.train_ids, self.train_labels = TokenStore(ids), torch.tensor(labels)
         log(f"train: {len(self.train_ids)} examples from {train.path}; "
-            f"vocabulary {self.tokenizer.vocab_size}; labels {', '.join(self.labels.labels)}")
+            f"vocabulary {self.trained_vocab_size} trained + "
+            f"{self.tokenizer.vocab_size - self.trained_vocab_size} fixed; "
+            f"labels {', '.join(self.labels.labels)}")
         if data.dev or data.format == "hub":
             dev = self._read(data.dev, data.dev_split)
             self.dev_ids, self.dev_labels = self._encode(dev)
@@ -96,22 +107,30 @@ class SentimentTask(Task):
             self.tokenizer.save(tmp)
         with atomic_path(directory / LABELS) as tmp:
             self.labels.save(tmp)
+        write_json(directory / VOCABULARY, {"trained_size": self.trained_vocab_size})
 
     def load_artifacts(self, directory: Path) -> None:
         self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
         self.labels = LabelVocab.load(directory / LABELS)
+        vocabulary = directory / VOCABULARY
+        self.trained_vocab_size = (
+            read_json(vocabulary)["trained_size"] if vocabulary.exists()
+            else self.tokenizer.vocab_size
+        )
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
         m, emb = self.config.model, self.config.embeddings
-        matrix = None
+        trained = self.trained_vocab_size
+        matrix, fixed = None, self.tokenizer.vocab_size - trained
         if pretrained and emb.path:
             matrix, _ = pretrained_matrix(
                 emb.path, emb.format, self.tokenizer.vocabulary(), m.embedding_dim,
                 cache_dir=emb.cache_dir, seed=self.config.train.seed, skip=4,
             )
+            matrix, fixed = matrix[:trained], matrix[trained:]
         return TextClassifier(
-            self.tokenizer.vocab_size, len(self.labels), embedding_dim=m.embedding_dim,
+            trained, len(self.labels), fixed_vectors=fixed, embedding_dim=m.embedding_dim,
             hidden_size=m.hidden_size, cell=m.cell, layers=m.layers,
             bidirectional=m.bidirectional, dropout=m.dropout,
             embedding_dropout=m.embedding_dropout, pooling=m.pooling,
