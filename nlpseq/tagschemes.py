@@ -67,8 +67,11 @@ def tags_to_spans(tags: Sequence[str], scheme: str) -> list[Span]:
     spans: list[Span] = []
     start = -1
     prev_prefix, prev_type = "O", ""
+    checked: set[str] = set()
     for i, tag in enumerate(tags):
-        validate_tag(tag, scheme)
+        if tag not in checked:
+            validate_tag(tag, scheme)
+            checked.add(tag)
         prefix, entity_type = split_tag(tag)
         if start >= 0 and _chunk_ends(prev_prefix, prefix, prev_type, entity_type):
             spans.append((prev_type, start, i))

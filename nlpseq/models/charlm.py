@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# nn.LSTM: (h, c), each (layers, B, H); nn.GRU: h (layers, B, H). Batch is dim 1 here.
+# LSTM: (h, c), each (layers, B, H); GRU: h (layers, B, H). Batch is dim 1, as in nn.LSTM.
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -39,13 +39,28 @@ def state_batch_size(state: HiddenState) -> int:
     return (state[0] if isinstance(state, tuple) else state).size(1)
 
 
-class CharLM(nn.Module):
-    """Embedding -> ``layers`` x LSTM/GRU(hidden_size) -> dropout -> linear to the vocabulary.
+def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout with one mask per sequence, shared by all time steps: x (B, T, H).
 
-    With ``tie_weights`` the output layer shares the embedding matrix; when hidden_size differs
-    from embedding_dim a linear projection hidden -> embedding_dim is inserted before it.
-    With ``bf16`` the training/evaluation forward runs under bfloat16 autocast on any device
-    (weights and the loss stay float32); step and prime, used for decoding, stay float32.
+    Variational dropout (Gal & Ghahramani 2016), as AWD-LSTM uses between recurrent layers. It
+    also draws T times fewer random numbers than nn.Dropout, which on a CPU costs about as much
+    as the LSTM itself at this size.
+    """
+    if not training or p == 0.0:
+        return x
+    mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1.0 - p) / (1.0 - p)  # (B, 1, H)
+    return x * mask
+
+
+class CharLM(nn.Module):
+    """Embedding -> ``layers`` x LSTM/GRU(hidden_size) -> linear to the vocabulary.
+
+    ``dropout`` is locked (variational) dropout on the output of every recurrent layer, the last
+    one included. With ``tie_weights`` the output layer shares the embedding matrix; when
+    hidden_size differs from embedding_dim a linear projection hidden -> embedding_dim is
+    inserted before it. With ``bf16`` the training/evaluation forward runs under bfloat16
+    autocast on any device (weights and the loss stay float32); step and prime, used for
+    decoding, stay float32.
     """
 
     def __init__(
@@ -62,21 +77,20 @@ class CharLM(nn.Module):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+        if layers < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"need layers >= 1 and 0 <= dropout < 1, got {layers}, {dropout}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.layers = layers
         self.cell = cell
+        self.dropout = dropout
         self.bf16 = bf16
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        # dropout between recurrent layers; nn.LSTM/GRU warn if it is set with one layer
-        self.rnn = CELLS[cell](
-            embedding_dim,
-            hidden_size,
-            num_layers=layers,
-            batch_first=True,
-            dropout=dropout if layers > 1 else 0.0,
+        # one module per layer, so that dropout between layers can be locked over time
+        self.rnns = nn.ModuleList(
+            CELLS[cell](embedding_dim if i == 0 else hidden_size, hidden_size, batch_first=True)
+            for i in range(layers)
         )
-        self.dropout = nn.Dropout(dropout)
         self.projection: nn.Module | None = None
         output_in = hidden_size
         if tie_weights and hidden_size != embedding_dim:
@@ -93,13 +107,31 @@ class CharLM(nn.Module):
             return (zeros, zeros.clone())
         return zeros
 
+    def recurrent(
+        self, inputs: Tensor, state: HiddenState | None = None
+    ) -> tuple[Tensor, HiddenState]:
+        """inputs (B, T) long -> (top layer outputs after dropout (B, T, H), final state)."""
+        x = self.embedding(inputs)  # (B, T, E)
+        finals: list[HiddenState] = []
+        for i, rnn in enumerate(self.rnns):
+            layer_state = None
+            if state is not None:  # this layer's slice, (1, B, H)
+                if isinstance(state, tuple):
+                    layer_state = (state[0][i : i + 1], state[1][i : i + 1])
+                else:
+                    layer_state = state[i : i + 1]
+            x, final = rnn(x, layer_state)  # (B, T, H)
+            x = locked_dropout(x, self.dropout, self.training)
+            finals.append(final)
+        if self.cell == "lstm":
+            return x, (torch.cat([h for h, _ in finals]), torch.cat([c for _, c in finals]))
+        return x, torch.cat(finals)  # type: ignore[arg-type]
+
     def logits(
         self, inputs: Tensor, state: HiddenState | None = None
     ) -> tuple[Tensor, HiddenState]:
         """inputs (B, T) long -> (logits (B, T, V), final state)."""
-        embedded = self.embedding(inputs)  # (B, T, E)
-        outputs, state = self.rnn(embedded, state)  # (B, T, H)
-        outputs = self.dropout(outputs)
+        outputs, state = self.recurrent(inputs, state)  # (B, T, H)
         if self.projection is not None:
             outputs = self.projection(outputs)  # (B, T, E)
         return self.output(outputs), state  # (B, T, V)
@@ -132,27 +164,22 @@ class CharLM(nn.Module):
 
         Runs the layers' cells directly (torch.lstm_cell / gru_cell on the nn.LSTM/GRU weights):
         on CPU a one-step nn.LSTM call costs far more than the arithmetic (oneDNN setup).
+        Meant for evaluation mode (dropout, if training, is not locked here).
         """
         if state is None:
             state = self.init_state(tokens.size(0), tokens.device)
         x = self.embedding(tokens)  # (B, E)
         hidden = state[0] if isinstance(state, tuple) else state  # (layers, B, H)
         new_hidden, new_cells = [], []
-        for layer in range(self.layers):
-            weights = [
-                getattr(self.rnn, f"{name}_l{layer}")
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            ]
-            if layer > 0:
-                x = F.dropout(x, self.rnn.dropout, self.training)
+        for i, rnn in enumerate(self.rnns):
+            weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
             if isinstance(state, tuple):
-                h, c = torch.lstm_cell(x, (hidden[layer], state[1][layer]), *weights)
+                h, c = torch.lstm_cell(x, (hidden[i], state[1][i]), *weights)
                 new_cells.append(c)
             else:
-                h = torch.gru_cell(x, hidden[layer], *weights)
+                h = torch.gru_cell(x, hidden[i], *weights)
             new_hidden.append(h)
-            x = h  # (B, H)
-        x = self.dropout(x)
+            x = F.dropout(h, self.dropout, self.training)  # (B, H)
         if self.projection is not None:
             x = self.projection(x)
         new_state = torch.stack(new_hidden)  # (layers, B, H)
@@ -161,11 +188,10 @@ class CharLM(nn.Module):
         return self.output(x), new_state
 
     def prime(self, tokens: Tensor, state: HiddenState | None) -> tuple[Tensor, HiddenState]:
-        """Consume a whole prompt in one recurrent call: tokens (B, T) -> (last logits (B, V),
-        state). Only the last position goes through the output layer."""
-        embedded = self.embedding(tokens)  # (B, T, E)
-        outputs, state = self.rnn(embedded, state)  # (B, T, H)
-        last = self.dropout(outputs[:, -1])  # (B, H)
+        """Consume a whole prompt in one recurrent call per layer: tokens (B, T) -> (logits after
+        the last token (B, V), state). Only the last position goes through the output layer."""
+        outputs, state = self.recurrent(tokens, state)  # (B, T, H)
+        last = outputs[:, -1]  # (B, H)
         if self.projection is not None:
             last = self.projection(last)
         return self.output(last), state  # (B, V)

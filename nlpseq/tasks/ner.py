@@ -155,9 +155,11 @@ class NerTask(Task):
         ids = self.tokenizer.encode_words([types[1:]])[0] if len(types) > 1 else []
         chars = self.char_tokenizer.encode_batch([t[:MAX_WORD_CHARS] for t in types[1:]])
         char_lengths = torch.tensor([0] + [len(c) for c in chars], dtype=torch.long)
-        char_matrix = torch.zeros(len(types), max(int(char_lengths.max()), 1), dtype=torch.long)
-        for row, sequence in enumerate(chars, 1):
-            char_matrix[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        width = max(int(char_lengths.max()), 1)
+        # one tensor from padded rows: far faster than filling row by row
+        char_matrix = torch.tensor(
+            [[0] * width] + [c + [0] * (width - len(c)) for c in chars], dtype=torch.long
+        )
         features = {
             "ids": torch.tensor([0, *ids], dtype=torch.long),
             "casing": torch.tensor([0] + [casing(t) for t in types[1:]], dtype=torch.long),

@@ -168,8 +168,9 @@ class TranslateTask(Task):
         self, epoch: int, rank: int = 0, world_size: int = 1
     ) -> list[TranslationBatch]:
         t = self.config.train
-        # Sort key: target length, then source length (both shape the padded batch).
-        keys = [len(tgt) * 1024 + min(len(src), 1023) for src, tgt in self.train_pairs]
+        # Sort key: source length, then target length. Batches whose sources all have one
+        # length (most of them, with length bucketing) run the encoder as one fused call.
+        keys = [len(src) * 1024 + min(len(tgt), 1023) for src, tgt in self.train_pairs]
         order = bucket_batches(keys, t.batch_size, seed=t.seed * 1000 + epoch, pool=t.bucket_pool)
         sources = [src for src, _ in self.train_pairs]
         targets = [tgt for _, tgt in self.train_pairs]
