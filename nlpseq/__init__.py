@@ -50,8 +50,8 @@ def load(run_dir: str | Path, device: str = "cpu") -> Task:
 
 
 def train(pipeline: str | Path, out_dir: str | Path, overrides: tuple[str, ...] = ()):
-    """Train a pipeline YAML file into ``out_dir`` (see :func:`nlpseq.train.train`)."""
+    """Train a pipeline YAML file into ``out_dir`` (see :func:`nlpseq.trainer.train`)."""
     from nlpseq.config import load_config
-    from nlpseq.train import train as run
+    from nlpseq.trainer import train as run
 
     return run(load_config(pipeline, overrides), out_dir)

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from nlpseq.batching import TokenStore, bucket_batches
-from nlpseq.config import TokenizerConfig
+from nlpseq.config import TokenizerConfig, TrainConfig
 from nlpseq.corpora import read_labelled
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tokenize import TextTokenizer
+from nlpseq.trainer import make_optimizer
 
 DEMO = Path(__file__).resolve().parent.parent / "corpora" / "sentiment" / "train.tsv"
 
@@ -86,7 +87,7 @@ def run_bench(
     ]
     model = TextClassifier(tokenizer.vocab_size, 2, embedding_dim=embedding_dim,
                            hidden_size=hidden_size, pooling="max-mean")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-3))  # what `nlpseq train` uses
     position = [0]
 
     def train_step() -> float:
@@ -125,4 +126,56 @@ def run_bench(
     figures["train_gflops"] = flops / 1e9
     figures["train_fraction_of_matmul"] = flops / peak
     figures["text_over_train_tokens"] = figures["text_tokens_per_s"] / train_rate
+    return figures
+
+
+def run_inference_bench(
+    run_dir: str,
+    input_file: str = "",
+    *,
+    length: int = 1000,
+    prompt: str = "\n",
+    seconds: float = 20.0,
+    threads: int = 0,
+) -> dict[str, float | str]:
+    """Inference speed of a trained run: characters/s of sampling for a chargen run (from
+    ``prompt``, ``length`` characters per round), else input lines/s through ``predict_lines``
+    (the path ``nlpseq predict`` / ``nlpseq translate`` take) over ``input_file``."""
+    import nlpseq
+    from nlpseq.corpora import read_lines
+    from nlpseq.errors import NlpseqError
+
+    if threads:
+        torch.set_num_threads(threads)
+    task = nlpseq.load(run_dir)
+    figures: dict[str, float | str] = {
+        "run": str(run_dir), "task": task.name, "threads": torch.get_num_threads()
+    }
+    if task.name == "chargen":
+        seeds = iter(range(1_000_000))
+
+        def sample() -> float:
+            text = task.generate(prompt, length=length, temperature=0.8, seed=next(seeds))
+            return len(text) - len(prompt)
+
+        sample()  # warm-up
+        figures["generate_chars_per_s"] = statistics.median(_rounds(sample, seconds))
+        figures["length"] = length
+        return figures
+    if not input_file:
+        raise NlpseqError(f"benchmarking a {task.name} run needs --input FILE")
+    lines = [line for _, line in read_lines(input_file)]
+
+    def predict() -> float:
+        """Seconds for one pass over every line."""
+        start = time.perf_counter()
+        for _ in task.predict_lines(lines):
+            pass
+        return time.perf_counter() - start
+
+    first = predict()  # includes warm-up; long passes are not repeated past ``seconds``
+    times = [first] + [predict() for _ in range(min(4, int(seconds / max(first, 1e-9))))]
+    figures["input"] = input_file
+    figures["lines"] = len(lines)
+    figures["lines_per_s"] = len(lines) / statistics.median(times)
     return figures

@@ -45,7 +45,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 def train(pipeline: str, out_dir: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Train PIPELINE (a YAML file) into a run directory; prints dev metrics as JSON."""
     from nlpseq.config import load_config
-    from nlpseq.train import train as run
+    from nlpseq.trainer import train as run
 
     result = run(load_config(pipeline, overrides), out_dir, progress=not quiet)
     dev = result.metrics.get("dev", {})
@@ -171,14 +171,24 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
               help="LSTM hidden size of the benchmarked BiLSTM classifier.")
 @click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")
 @click.option("--threads", default=0, help="torch CPU threads (0 = default).")
+@click.option("--run", "run_dir", default="",
+              help="Instead, time a trained run: characters/s of sampling for a chargen run, "
+                   "input lines/s through predict/translate for the others (needs --input).")
+@click.option("--input", "input_file", default="", help="Lines to predict with --run.")
+@click.option("--length", default=1000, show_default=True,
+              help="Characters per sample with --run on a chargen run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(corpora: str, batch_size: int, hidden_size: int, seconds: float, threads: int,
-          as_json: bool) -> None:
+          run_dir: str, input_file: str, length: int, as_json: bool) -> None:
     """Measure text-stage, training and inference throughput against the matmul rate."""
-    from nlpseq.bench import run_bench
+    from nlpseq.bench import run_bench, run_inference_bench
 
-    figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
-                        seconds=seconds, threads=threads)
+    if run_dir:
+        figures = run_inference_bench(run_dir, input_file, length=length, seconds=seconds,
+                                      threads=threads)
+    else:
+        figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
+                            seconds=seconds, threads=threads)
     if as_json:
         click.echo(json.dumps(figures))
     else:

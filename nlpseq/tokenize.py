@@ -18,6 +18,7 @@ from nlpseq.errors import NlpseqError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+PTB_BRACKETS = {"lrb": "(", "rrb": ")", "lsb": "[", "rsb": "]", "lcb": "{", "rcb": "}"}
 
 
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
@@ -26,6 +27,9 @@ def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
         steps.append(normalizers.Lowercase())
     if config.normalize_digits:
         steps.append(normalizers.Replace(Regex(r"\d"), "0"))
+    if config.ptb_brackets and config.kind == "word":
+        for escape, bracket in PTB_BRACKETS.items():
+            steps.append(normalizers.Replace(Regex(f"(?i)(?<!\\S)-{escape}-(?!\\S)"), bracket))
     return normalizers.Sequence(steps) if steps else None
 
 

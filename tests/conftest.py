@@ -56,7 +56,7 @@ class TrainedRun:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """One tiny sentiment model trained once and shared (read-only) by the tests."""
     from nlpseq.config import load_config
-    from nlpseq.train import train
+    from nlpseq.trainer import train
 
     base = tmp_path_factory.mktemp("trained")
     data = {

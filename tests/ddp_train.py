@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import nlpseq.train as trainer
+import nlpseq.trainer as trainer
 from nlpseq import checkpoint as ckpt
 from nlpseq.config import load_config
 

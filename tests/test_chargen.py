@@ -15,7 +15,7 @@ from nlpseq.cli import main
 from nlpseq.config import TokenizerConfig, load_config
 from nlpseq.tasks.chargen import CharCodec
 from nlpseq.tokenize import UNK, TextTokenizer
-from nlpseq.train import train
+from nlpseq.trainer import train
 
 VERSE = "row to the light,\nkeep left of the bell;\nthe steps are wet.\n"
 TEXT = VERSE * 12  # 708 characters: the last 10% validates
@@ -175,3 +175,12 @@ def test_predict_scores_each_line(run_dir):
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["n_chars"] == 21 and first["loss"] < second["loss"]
     assert torch.isfinite(torch.tensor(first["bpc"]))
+
+
+def test_bench_measures_generation_speed(run_dir):
+    result = invoke("bench", "--run", run_dir, "--length", 50, "--seconds", "0.2",
+                    "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["task"] == "chargen" and figures["length"] == 50
+    assert figures["generate_chars_per_s"] > 0

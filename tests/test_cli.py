@@ -218,3 +218,16 @@ def test_real_process_error_and_debug_traceback(tmp_path, corpus):
 def test_real_process_help():
     result = _subprocess("--help")
     assert result.returncode == 0 and "train" in result.stdout and result.stderr == ""
+
+
+def test_bench_times_a_trained_run(trained_run, tmp_path):
+    lines = tmp_path / "probe.txt"
+    lines.write_text("\n".join(PROBES) + "\n", encoding="utf-8")
+    result = invoke("bench", "--run", trained_run.run_dir, "--input", lines, "--seconds", "0.1",
+                    "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["task"] == "sentiment" and figures["lines"] == len(PROBES)
+    assert figures["lines_per_s"] > 0
+    missing = invoke("bench", "--run", trained_run.run_dir)
+    assert_one_line_error(missing, "--input")

@@ -114,3 +114,37 @@ def test_classifier_scores_do_not_depend_on_padding(pooling):
     assert count == 4 and carry is None
     expected = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
+    torch.manual_seed(0)
+    matrix = torch.randn(20, 6)
+    model = TextClassifier(20, 3, embedding_dim=6, hidden_size=5, pooling="max-mean",
+                           dropout=0.0, adversarial=0.5, pretrained=matrix,
+                           freeze_embeddings=freeze)
+    batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
+    model.train()
+    total, count, _ = model(batch)
+    clean = torch.nn.functional.cross_entropy(
+        model.logits(batch.ids, batch.lengths), batch.labels, reduction="sum")
+    adversarial = total - clean
+    assert count == 4
+    # Moving each text's vectors by norm 0.5 along the loss gradient raises the loss; a
+    # random direction of the same norm raises it less.
+    assert adversarial > clean
+    vectors = model.encoder.embed(batch.ids)
+    noise = torch.randn_like(vectors) * batch.mask.unsqueeze(-1)
+    noise = 0.5 * noise / noise.flatten(1).norm(dim=1)[:, None, None]
+    with torch.no_grad():
+        random = torch.nn.functional.cross_entropy(
+            model.logits(batch.ids, batch.lengths, vectors + noise), batch.labels, reduction="sum")
+    assert adversarial > random
+    total.backward()
+    assert model.output.weight.grad is not None
+    assert (model.encoder.embedding.weight.grad is None) == freeze
+    # Evaluation is unchanged: the plain loss.
+    model.eval()
+    with torch.no_grad():
+        loss, _, _ = model(batch)
+    torch.testing.assert_close(loss, clean.detach())

@@ -16,7 +16,7 @@ from nlpseq.config import load_config
 from nlpseq.corpora import read_conll
 from nlpseq.errors import NlpseqError
 from nlpseq.models.tagger import CharCNN, casing
-from nlpseq.train import train
+from nlpseq.trainer import train
 
 # IOB1 as in CoNLL-2003: B- only where an entity directly follows one of the same type.
 SENTENCES = [

@@ -97,7 +97,7 @@ def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 @pytest.mark.parametrize("pooling, cell", [("last", "gru"), ("attention", "rnn")])
 def test_other_poolings_and_cells_train(tmp_path, corpus, pooling, cell):
-    from nlpseq.train import train
+    from nlpseq.trainer import train
 
     config = load_config(write_pipeline(tmp_path, corpus, epochs=1, cell=cell, pooling=pooling))
     result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
@@ -116,7 +116,7 @@ def _glove(tmp_path, words: list[str], dim: int = 8):
 @pytest.mark.parametrize("freeze", [True, False])
 def test_pretrained_embeddings_frozen_or_fine_tuned(tmp_path, corpus, freeze):
     from nlpseq.embeddings import pretrained_matrix
-    from nlpseq.train import train
+    from nlpseq.trainer import train
 
     glove = _glove(tmp_path, ["the", "film", "good", "bad", "is"])
     pipeline = write_pipeline(tmp_path, corpus, epochs=1)
@@ -130,3 +130,14 @@ def test_pretrained_embeddings_frozen_or_fine_tuned(tmp_path, corpus, freeze):
     assert coverage.found == 5
     trained = result.task.model.encoder.embedding.weight.detach()
     assert torch.equal(trained, aligned) == freeze
+
+
+def test_top_level_train_stays_callable(tmp_path, corpus):
+    """``nlpseq.train`` is a function even after the trainer module has been imported."""
+    import nlpseq.trainer  # noqa: F401
+
+    pipeline = write_pipeline(tmp_path, corpus, epochs=1)
+    for name in ("a", "b"):
+        result = nlpseq.train(pipeline, tmp_path / name)
+        assert result.metrics["dev"]["n"] > 0
+    assert callable(nlpseq.train)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from nlpseq.config import load_config
-from nlpseq.train import train
+from nlpseq.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = os.environ.get("NLPSEQ_CORPORA", str(ROOT.parent / "shared" / "corpora"))

@@ -97,3 +97,16 @@ def test_load_of_a_bad_file_is_an_nlpseq_error(tmp_path):
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(NlpseqError, match="tokenizer"):
         TextTokenizer.load(bad)
+
+
+def test_ptb_bracket_escapes_read_as_brackets():
+    # SST's sentence files write brackets as -lrb- / -rrb-, its GLUE files as ( / ).
+    tok = TextTokenizer.train(["a ( b ) [ c ] { d }"], TokenizerConfig(lowercase=True))
+    assert tok.tokens("-LRB- b -rrb- -lsb- c -RSB- -lcb- -rcb-") == ["(", "b", ")", "[", "c",
+                                                                     "]", "{", "}"]
+    assert tok.encode("-lrb- a -rrb-") == tok.encode("( a )")
+    # Only whole tokens: a hyphenated word that contains an escape stays one word.
+    assert tok.tokens("x-lrb-y") == ["<unk>"]
+    assert tok.encode_words([["-LRB-", "a"]]) == [tok.encode("( a")]
+    off = TextTokenizer.train(["a ( b )"], TokenizerConfig(ptb_brackets=False))
+    assert off.tokens("-lrb- a") == ["<unk>", "a"]

@@ -13,7 +13,7 @@ from nlpseq.config import load_config
 from nlpseq.errors import NlpseqError
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tasks.sentiment import SentimentTask
-from nlpseq.train import train
+from nlpseq.trainer import train
 
 
 def run(pipeline, out, *overrides):

@@ -17,7 +17,7 @@ from nlpseq.config import load_config
 from nlpseq.corpora import read_parallel
 from nlpseq.errors import NlpseqError
 from nlpseq.plot import attention_png
-from nlpseq.train import train
+from nlpseq.trainer import train
 
 SUBJECTS = [("The man", "Der Mann"), ("The woman", "Die Frau"), ("The dog", "Der Hund"),
             ("The cat", "Die Katze"), ("The child", "Das Kind")]

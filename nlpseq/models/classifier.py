@@ -33,6 +33,7 @@ class TextClassifier(nn.Module):
         embedding_dropout: float = 0.0,
         pooling: str = "last",
         word_dropout: float = 0.0,
+        adversarial: float = 0.0,
         unk_id: int = 1,
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
@@ -50,15 +51,17 @@ class TextClassifier(nn.Module):
         size = self.encoder.output_size
         self.pooling = pooling
         self.word_dropout = word_dropout
+        self.adversarial = adversarial
         self.unk_id = unk_id
         if pooling == "attention":
             self.attention = nn.Linear(size, 1)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(size * (2 if pooling == "max-mean" else 1), num_classes)
 
-    def logits(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``."""
-        outputs, final = self.encoder(ids, lengths)  # (B, T, D), (B, D)
+    def logits(self, ids: Tensor, lengths: Tensor, embedded: Tensor | None = None) -> Tensor:
+        """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``; ``embedded (B, T, E)``
+        replaces the looked-up word vectors when given."""
+        outputs, final = self.encoder(ids, lengths, embedded=embedded)  # (B, T, D), (B, D)
         mask = (torch.arange(ids.size(1), device=ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
         if self.pooling == "last":
             pooled = final
@@ -74,11 +77,26 @@ class TextClassifier(nn.Module):
         return self.output(self.dropout(pooled))
 
     def forward(self, batch: TextBatch, carry: None = None) -> tuple[Tensor, int, None]:
-        """Summed cross-entropy over the batch and the number of examples."""
+        """Summed cross-entropy over the batch and the number of examples (in training with
+        ``adversarial`` > 0, plus the loss on adversarially perturbed word vectors)."""
         ids = batch.ids
         if self.training and self.word_dropout > 0:
             drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
             ids = ids.masked_fill(drop & batch.mask, self.unk_id)
-        logits = self.logits(ids, batch.lengths)
-        loss = F.cross_entropy(logits.float(), batch.labels, reduction="sum")
-        return loss, batch.labels.numel(), None
+        if not (self.training and self.adversarial > 0):
+            logits = self.logits(ids, batch.lengths)
+            return F.cross_entropy(logits.float(), batch.labels, reduction="sum"), len(ids), None
+        embedded = self.encoder.embed(ids)  # (B, T, E)
+        if not embedded.requires_grad:  # frozen embeddings: still need d loss / d vectors
+            embedded = embedded.detach().requires_grad_()
+        loss = F.cross_entropy(
+            self.logits(ids, batch.lengths, embedded).float(), batch.labels, reduction="sum"
+        )
+        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (B, T, E)
+        grad = grad * batch.mask.unsqueeze(-1).to(grad.dtype)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]  # (B, 1, 1)
+        perturbed = embedded + (self.adversarial * grad / norm).detach()
+        adversarial = F.cross_entropy(
+            self.logits(ids, batch.lengths, perturbed).float(), batch.labels, reduction="sum"
+        )
+        return loss + adversarial, len(ids), None

@@ -116,12 +116,14 @@ class RecurrentEncoder(nn.Module):
         return torch.where(fixed.unsqueeze(-1), rows, x)
 
     def forward(
-        self, ids: Tensor, lengths: Tensor, extra: Tensor | None = None
+        self, ids: Tensor, lengths: Tensor, extra: Tensor | None = None,
+        embedded: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """``embedded`` (B, T, E), when given, replaces ``self.embed(ids)``."""
         lengths = lengths.to(ids.device)
         steps = ids.size(1)
         ragged = bool((lengths != steps).any())
-        x = self.embed(ids)  # (B, T, E)
+        x = self.embed(ids) if embedded is None else embedded  # (B, T, E)
         if extra is not None:
             x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
         x = self.embedding_dropout(x)

@@ -134,7 +134,7 @@ class SentimentTask(Task):
             hidden_size=m.hidden_size, cell=m.cell, layers=m.layers,
             bidirectional=m.bidirectional, dropout=m.dropout,
             embedding_dropout=m.embedding_dropout, pooling=m.pooling,
-            word_dropout=m.word_dropout, unk_id=UNK, pretrained=matrix,
+            word_dropout=m.word_dropout, adversarial=m.adversarial, unk_id=UNK, pretrained=matrix,
             freeze_embeddings=emb.freeze and matrix is not None,
         )
 

@@ -112,13 +112,23 @@ class WeightAverage:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer, as one fused kernel per step where torch has one.
+
+    On CPU, torch's default Adam loops over parameters op by op; for a model whose embedding
+    table is most of its weights, that loop was a third of a training step. The fused kernel
+    makes one pass over each tensor (same update, up to rounding).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+            fused=fused,
         )
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:
