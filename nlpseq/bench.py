@@ -18,7 +18,7 @@ from nlpseq.config import TokenizerConfig, TrainConfig
 from nlpseq.corpora import read_labelled
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tokenize import TextTokenizer
-from nlpseq.trainer import make_optimizer
+from nlpseq.trainer import make_optimizer, update
 
 DEMO = Path(__file__).resolve().parent.parent / "corpora" / "sentiment" / "train.tsv"
 
@@ -87,17 +87,15 @@ def run_bench(
     ]
     model = TextClassifier(tokenizer.vocab_size, 2, embedding_dim=embedding_dim,
                            hidden_size=hidden_size, pooling="max-mean")
-    optimizer = make_optimizer(model, TrainConfig(lr=1e-3))  # what `nlpseq train` uses
+    config = TrainConfig(lr=1e-3, clip=5.0)
+    optimizer = make_optimizer(model, config)  # and `update`: the step `nlpseq train` takes
     position = [0]
 
     def train_step() -> float:
         batch = batches[position[0] % len(batches)]
         position[0] += 1
         loss, count, _ = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        (loss / count).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        update(model, optimizer, loss, count, config.clip)
         return batch.num_tokens
 
     model.train()

@@ -131,6 +131,20 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
+def update(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, count: int,
+    clip: float,
+) -> None:
+    """One optimizer step on the mean of a summed ``loss`` over ``count`` items, with the
+    gradient norm clipped to ``clip`` (0 = off)."""
+    optimizer.zero_grad(set_to_none=True)
+    (loss / max(count, 1)).backward()
+    if clip > 0:
+        # One fused norm over all gradients; the default loops over them on CPU.
+        nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+    optimizer.step()
+
+
 def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:
     """Learning-rate multiplier: warmup, then the schedule; ``progress`` runs 0 -> 1."""
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
@@ -329,11 +343,7 @@ def train(
                     f"training stopped and the last good checkpoint in {run_dir} is kept "
                     "(try a lower train.lr or train.clip)"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            (loss / max(count, 1)).backward()
-            if t.clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), t.clip)
-            optimizer.step()
+            update(model, optimizer, loss, count, t.clip)
             if average is not None:
                 average.update()
             state.step += 1
