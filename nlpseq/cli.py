@@ -75,16 +75,28 @@ def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: s
 @click.option("--input", "input_file", default="-", show_default=True,
               help="Input file, one text per line (- reads stdin).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per output line.")
+@click.option("--format", "input_format", type=click.Choice(["auto", "conll", "text"]),
+              default="auto", show_default=True,
+              help="NER input: CoNLL columns (tokens first, blank line between sentences), "
+                   "plain text (one sentence a line), or judged from the first 200 lines.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-def predict(run_dir: str, input_file: str, as_json: bool, device: str) -> None:
+def predict(run_dir: str, input_file: str, as_json: bool, input_format: str,
+            device: str) -> None:
     """Predict for each input line: a label (sentiment) or tagged tokens (NER)."""
     import nlpseq
     from nlpseq.corpora import read_lines, read_stdin_lines
+    from nlpseq.errors import NlpseqError
 
     task = nlpseq.load(run_dir, device)
+    options = {"as_json": as_json}
+    if input_format != "auto":
+        if task.name != "ner":
+            raise NlpseqError(f"--format applies to NER runs, this is a {task.name} run",
+                              run_dir)
+        options["input_format"] = input_format
     numbered = read_stdin_lines() if input_file == "-" else read_lines(input_file)
     lines = (line for _, line in numbered)
-    for output in task.predict_lines(lines, as_json=as_json):
+    for output in task.predict_lines(lines, **options):
         click.echo(output)
 
 

@@ -231,3 +231,8 @@ def test_bench_times_a_trained_run(trained_run, tmp_path):
     assert figures["lines_per_s"] > 0
     missing = invoke("bench", "--run", trained_run.run_dir)
     assert_one_line_error(missing, "--input")
+
+
+def test_predict_format_is_for_ner_runs(trained_run):
+    result = invoke("predict", trained_run.run_dir, "--format", "conll", input="a film\n")
+    assert_one_line_error(result, "--format applies to NER runs", "sentiment")

@@ -218,6 +218,17 @@ def test_cli_predict_conll_and_plain_text(ner_run, tmp_path):
     result = invoke("predict", ner_run.run_dir, "--json", input=plain)
     first = json.loads(result.stdout.splitlines()[0])
     assert first["tags"][:2] == ["I-PER", "I-PER"] and first["spans"][0] == ["PER", 0, 2]
+    # --format overrides the guess: the same CoNLL file read as text is one "sentence" per
+    # line, each line's columns its words; and plain text read as CoNLL is one sentence.
+    as_text = invoke("predict", ner_run.run_dir, "--input", ner_run.corpus, "--format", "text")
+    assert as_text.exit_code == 0, as_text.output
+    first_line = ner_run.corpus.read_text(encoding="utf-8").splitlines()[0].split()
+    assert [row.split("\t")[0] for row in as_text.stdout.split("\n\n")[0].splitlines()] == \
+        first_line
+    as_conll = invoke("predict", ner_run.run_dir, "--format", "conll",
+                      input="Helio\nMotors\n\nBerlin\n")
+    assert as_conll.exit_code == 0, as_conll.output
+    assert [b.count("\n") + 1 for b in as_conll.stdout.strip().split("\n\n")] == [2, 1]
 
 
 def test_cli_bad_input(ner_run, tmp_path):

@@ -350,10 +350,15 @@ class NerTask(Task):
                 out[i] = row
         return out
 
-    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
+    def predict_lines(
+        self, lines: Iterable[str], as_json: bool = False, input_format: str = "auto"
+    ) -> Iterator[str]:
         """CoNLL input (tokens in the first column, blank lines between sentences) or plain
         text (one whitespace-tokenised sentence a line) -> ``token<TAB>tag`` lines with a
-        blank line after each sentence (``as_json``: one JSON object per sentence)."""
+        blank line after each sentence (``as_json``: one JSON object per sentence).
+        ``input_format`` is ``conll``, ``text`` or ``auto`` (judged from the first 200 lines)."""
+        if input_format not in ("auto", "conll", "text"):
+            raise ValueError(f"unknown input format {input_format!r}")
         lines = iter(lines)
         head = []
         for line in lines:
@@ -361,7 +366,9 @@ class NerTask(Task):
             if len(head) >= 200:
                 break
         numbered = enumerate(_chain(head, lines), 1)
-        if _looks_like_conll(head, self.config.data.tag_column, self.data_scheme):
+        conll = input_format == "conll" or input_format == "auto" and _looks_like_conll(
+            head, self.config.data.tag_column, self.data_scheme)
+        if conll:
             # Column counts are checked as in training data; tags, if present, are ignored.
             data = parse_conll(numbered, "input", self.config.data.tag_column,
                                require_tags=False)
