@@ -111,6 +111,30 @@ class WeightAverage:
                 a.copy_(tensors[str(i)])
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX) through oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def slow_path_warnings(config: PipelineConfig, device: torch.device) -> list[str]:
+    """Settings that would silently do nothing or run slower than the user expects."""
+    messages = []
+    if config.train.bf16 and device.type != "cuda":
+        messages.append(
+            "train.bf16 applies on CUDA only and is ignored here; on CPU, model.bf16 "
+            "(chargen, translate) autocasts the model where the CPU computes bfloat16 natively"
+        )
+    if getattr(config.model, "bf16", False) and device.type == "cpu" and not native_cpu_bf16():
+        messages.append(
+            "model.bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): it is emulated "
+            "and usually slower than float32; set model.bf16=false"
+        )
+    return messages
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The configured optimizer, as one fused kernel per step where torch has one.
 
@@ -259,6 +283,8 @@ def train(
         trained = DistributedDataParallel(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16 and
                               device.type == "cuda")
+    for message in slow_path_warnings(config, device):
+        log(f"warning: {message}")
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
     history = ckpt.read_jsonl(run_dir / ckpt.HISTORY) if resume else []
     eval_seconds = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,22 @@ def test_weights_and_optimizer_round_trip(tmp_path):
     wrong = TextClassifier(10, 3, embedding_dim=4, hidden_size=3)
     with pytest.raises(NlpseqError, match="do not match"):
         ckpt.load_weights(wrong, tmp_path / "w.safetensors")
+
+
+def test_slow_or_ignored_settings_are_reported(pipeline, tmp_path, monkeypatch):
+    import nlpseq.trainer as trainer
+
+    cpu = torch.device("cpu")
+    assert trainer.slow_path_warnings(load_config(pipeline), cpu) == []
+    ignored = trainer.slow_path_warnings(load_config(pipeline, ["train.bf16=true"]), cpu)
+    assert len(ignored) == 1 and "CUDA only" in ignored[0]
+    repo = Path(__file__).resolve().parent.parent
+    chargen = load_config(repo / "pipelines" / "chargen.yaml", ["model.bf16=true"])
+    monkeypatch.setattr(trainer, "native_cpu_bf16", lambda: False)
+    assert "emulated" in trainer.slow_path_warnings(chargen, cpu)[0]
+    monkeypatch.setattr(trainer, "native_cpu_bf16", lambda: True)
+    assert trainer.slow_path_warnings(chargen, cpu) == []
+    messages = []
+    train(load_config(pipeline, ["train.bf16=true", "train.epochs=1"]), tmp_path / "run",
+          log=messages.append, progress=False)
+    assert any(m.startswith("warning: train.bf16 applies on CUDA only") for m in messages)
