@@ -6,6 +6,7 @@ Figures are medians over repeated timed rounds so a noisy, shared machine distur
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -150,7 +151,7 @@ def run_inference_bench(
         "run": str(run_dir), "task": task.name, "threads": torch.get_num_threads()
     }
     if task.name == "chargen":
-        seeds = iter(range(1_000_000))
+        seeds = itertools.count()
 
         def sample() -> float:
             text = task.generate(prompt, length=length, temperature=0.8, seed=next(seeds))

@@ -1,15 +1,12 @@
 """Real-corpus acceptance run (slow: not part of `make test`; run with `pytest -m slow`)."""
 
-import os
 from pathlib import Path
 
 import pytest
+from tiny import CORPORA, ROOT
 
 from nlpseq.config import load_config
 from nlpseq.trainer import train
-
-ROOT = Path(__file__).resolve().parent.parent
-CORPORA = os.environ.get("NLPSEQ_CORPORA", str(ROOT.parent / "shared" / "corpora"))
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -74,3 +75,7 @@ Paris 1.0 1.0 1.0
 good -0.1 -0.2 -0.3
 0000 0.7 0.8 0.9
 """
+
+# Real-corpus runs (tests/test_slow_*.py): the repository and the shared corpora beside it.
+ROOT = Path(__file__).resolve().parent.parent
+CORPORA = os.environ.get("NLPSEQ_CORPORA", str(ROOT.parent / "shared" / "corpora"))

@@ -83,20 +83,19 @@ class TextClassifier(nn.Module):
         if self.training and self.word_dropout > 0:
             drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
             ids = ids.masked_fill(drop & batch.mask, self.unk_id)
-        if not (self.training and self.adversarial > 0):
-            logits = self.logits(ids, batch.lengths)
-            return F.cross_entropy(logits.float(), batch.labels, reduction="sum"), len(ids), None
         embedded = self.encoder.embed(ids)  # (B, T, E)
-        if not embedded.requires_grad:  # frozen embeddings: still need d loss / d vectors
-            embedded = embedded.detach().requires_grad_()
-        loss = F.cross_entropy(
-            self.logits(ids, batch.lengths, embedded).float(), batch.labels, reduction="sum"
-        )
-        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (B, T, E)
-        grad = grad * batch.mask.unsqueeze(-1).to(grad.dtype)
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]  # (B, 1, 1)
-        perturbed = embedded + (self.adversarial * grad / norm).detach()
-        adversarial = F.cross_entropy(
-            self.logits(ids, batch.lengths, perturbed).float(), batch.labels, reduction="sum"
-        )
-        return loss + adversarial, len(ids), None
+        adversarial = self.training and self.adversarial > 0
+        if adversarial and not embedded.requires_grad:
+            embedded = embedded.detach().requires_grad_()  # frozen: still need d loss / d vectors
+        loss = self._loss(ids, batch, embedded)
+        if adversarial:
+            (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)  # (B, T, E)
+            grad = grad * batch.mask.unsqueeze(-1).to(grad.dtype)
+            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]  # (B, 1, 1)
+            shift = (self.adversarial * grad / norm).detach()
+            loss = loss + self._loss(ids, batch, embedded + shift)
+        return loss, len(ids), None
+
+    def _loss(self, ids: Tensor, batch: TextBatch, embedded: Tensor) -> Tensor:
+        logits = self.logits(ids, batch.lengths, embedded)
+        return F.cross_entropy(logits.float(), batch.labels, reduction="sum")
