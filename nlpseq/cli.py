@@ -181,6 +181,10 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
               help="Sentences per training batch of the benchmarked model.")
 @click.option("--hidden-size", default=128, show_default=True,
               help="LSTM hidden size of the benchmarked BiLSTM classifier.")
+@click.option("--pooling", default="last", show_default=True,
+              type=click.Choice(["last", "max", "mean", "attention", "max-mean"]),
+              help="Head of the benchmarked classifier; `last` (final states of both "
+                   "directions) is the plain PyTorch peer's model.")
 @click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")
 @click.option("--threads", default=0, help="torch CPU threads (0 = default).")
 @click.option("--run", "run_dir", default="",
@@ -190,8 +194,8 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 @click.option("--length", default=1000, show_default=True,
               help="Characters per sample with --run on a chargen run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(corpora: str, batch_size: int, hidden_size: int, seconds: float, threads: int,
-          run_dir: str, input_file: str, length: int, as_json: bool) -> None:
+def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str, seconds: float,
+          threads: int, run_dir: str, input_file: str, length: int, as_json: bool) -> None:
     """Measure text-stage, training and inference throughput against the matmul rate."""
     from nlpseq.bench import run_bench, run_inference_bench
 
@@ -200,7 +204,7 @@ def bench(corpora: str, batch_size: int, hidden_size: int, seconds: float, threa
                                       threads=threads)
     else:
         figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
-                            seconds=seconds, threads=threads)
+                            seconds=seconds, threads=threads, pooling=pooling)
     if as_json:
         click.echo(json.dumps(figures))
     else:

@@ -164,9 +164,24 @@ def update(
     optimizer.zero_grad(set_to_none=True)
     (loss / max(count, 1)).backward()
     if clip > 0:
-        # One fused norm over all gradients; the default loops over them on CPU.
-        nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+        clip_gradients(model, clip)
     optimizer.step()
+
+
+def clip_gradients(model: nn.Module, clip: float) -> None:
+    """Scale all gradients so that their global L2 norm is at most ``clip``.
+
+    Same result as ``nn.utils.clip_grad_norm_``, which multiplies every gradient on every step
+    (by 1.0 when under the limit) to avoid a device sync; on CPU the sync is free and the
+    multiply is not, so it is skipped when there is nothing to clip.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    scale = (clip / (norm + 1e-6)).clamp(max=1.0)
+    if grads[0].device.type != "cpu" or not bool(scale >= 1.0):
+        torch._foreach_mul_(grads, scale)
 
 
 def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:

@@ -9,7 +9,7 @@ import torch
 
 from nlpseq.batching import collate_text
 from nlpseq.models.classifier import POOLINGS, TextClassifier
-from nlpseq.models.encoder import RecurrentEncoder, reverse_padded
+from nlpseq.models.encoder import Dropout, RecurrentEncoder, reverse_padded
 
 SENTENCES = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]
 
@@ -148,3 +148,26 @@ def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
     with torch.no_grad():
         loss, _, _ = model(batch)
     torch.testing.assert_close(loss, clean.detach())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_the_expected_share_unbiased_and_seeded(p):
+    layer = Dropout(p)
+    x = torch.ones(200, 500)
+    torch.manual_seed(0)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 65536 / (65536 - round(p * 65536))))
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), y)
+    assert not torch.equal(layer(x), y)  # a fresh mask each call
+    layer.eval()
+    assert layer(x) is x
+    x.requires_grad_()
+    layer.train()
+    torch.manual_seed(1)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d out / d x is the scaled mask

@@ -14,7 +14,7 @@ from nlpseq.config import load_config
 from nlpseq.errors import NlpseqError
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tasks.sentiment import SentimentTask
-from nlpseq.trainer import train
+from nlpseq.trainer import clip_gradients, train
 
 
 def run(pipeline, out, *overrides):
@@ -234,3 +234,20 @@ def test_slow_or_ignored_settings_are_reported(pipeline, tmp_path, monkeypatch):
     train(load_config(pipeline, ["train.bf16=true", "train.epochs=1"]), tmp_path / "run",
           log=messages.append, progress=False)
     assert any(m.startswith("warning: train.bf16 applies on CUDA only") for m in messages)
+
+
+@pytest.mark.parametrize("clip", [0.05, 100.0])
+def test_clip_gradients_matches_torch(clip):
+    def grads_after(clipper):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        model(torch.randn(5, 4)).pow(2).sum().backward()
+        clipper(model)
+        return [p.grad.clone() for p in model.parameters()]
+
+    ours = grads_after(lambda m: clip_gradients(m, clip))
+    theirs = grads_after(lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), clip))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in ours]))
+    assert float(norm) == pytest.approx(min(clip, float(norm)), rel=1e-5)

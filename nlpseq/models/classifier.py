@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpseq.batching import TextBatch
-from nlpseq.models.encoder import RecurrentEncoder
+from nlpseq.models.encoder import Dropout, RecurrentEncoder
 
 POOLINGS = ("last", "max", "mean", "attention", "max-mean")
 
@@ -55,7 +55,7 @@ class TextClassifier(nn.Module):
         self.unk_id = unk_id
         if pooling == "attention":
             self.attention = nn.Linear(size, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = nn.Linear(size * (2 if pooling == "max-mean" else 1), num_classes)
 
     def logits(self, ids: Tensor, lengths: Tensor, embedded: Tensor | None = None) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from nlpseq.batching import Batch
 from nlpseq.config import TranslateModelConfig
-from nlpseq.models.encoder import CELLS, RecurrentEncoder, length_mask
+from nlpseq.models.encoder import CELLS, Dropout, RecurrentEncoder, length_mask
 
 
 @dataclass
@@ -146,8 +146,8 @@ class Seq2Seq(nn.Module):
         self.output = nn.Linear(output_size, target_vocab_size)
         if config.tie_embeddings:
             self.output.weight = self.target_embedding.weight
-        self.dropout = nn.Dropout(config.dropout)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.dropout = Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.embedding_dropout)
 
     def _autocast(self) -> torch.autocast:
         """bfloat16 matrix products when ``config.bf16`` (on CPU too; recurrent cells stay fp32)."""

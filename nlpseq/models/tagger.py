@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nlpseq.batching import Batch
 from nlpseq.models.crf import LinearChainCRF
-from nlpseq.models.encoder import RecurrentEncoder
+from nlpseq.models.encoder import Dropout, RecurrentEncoder
 
 UNK = 1  # id of the unknown word (and unknown character) in the vocabularies
 
@@ -158,7 +158,7 @@ class SequenceTagger(nn.Module):
             bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
             pretrained=pretrained, freeze_embeddings=freeze_embeddings, extra_dim=extra_dim,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.output = nn.Linear(self.encoder.output_size, num_tags)
         self.crf = LinearChainCRF(num_tags, *(constraints or ())) if output == "crf" else None
 
