@@ -85,7 +85,7 @@ def test_predict_json(trained_run):
     (["train"], ["PIPELINE", "--out", "--set", "--quiet"]),
     (["evaluate"], ["RUN_DIR", "--json", "--device"]),
     (["predict"], ["RUN_DIR", "--input", "--json", "--device"]),
-    (["bench"], ["--json", "--seconds", "--batch-size"]),
+    (["bench"], ["--json", "--seconds", "--batch-size", "--pooling", "--threads", "--run"]),
 ])
 def test_help(command, options):
     result = invoke(*command, "--help")
@@ -236,3 +236,17 @@ def test_bench_times_a_trained_run(trained_run, tmp_path):
 def test_predict_format_is_for_ner_runs(trained_run):
     result = invoke("predict", trained_run.run_dir, "--format", "conll", input="a film\n")
     assert_one_line_error(result, "--format applies to NER runs", "sentiment")
+
+
+@pytest.mark.parametrize("pooling", ["last", "max-mean"])
+def test_bench_on_the_demo_corpus(pooling, monkeypatch):
+    monkeypatch.delenv("NLPSEQ_CORPORA", raising=False)
+    result = invoke("bench", "--seconds", "0.4", "--pooling", pooling, "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["pooling"] == pooling and figures["corpus"].endswith("train.tsv")
+    for key in ("text_sentences_per_s", "train_tokens_per_s", "inference_sentences_per_s",
+                "matmul_gflops"):
+        assert figures[key] > 0
+    assert figures["train_fraction_of_matmul"] == pytest.approx(
+        figures["train_gflops"] / figures["matmul_gflops"])
