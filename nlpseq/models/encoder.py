@@ -51,7 +51,7 @@ def _run_direction(rnn: nn.RNNBase, x: Tensor, reverse: bool) -> Tensor:
 class Dropout(nn.Module):
     """``nn.Dropout`` with its CPU mask drawn 16 random bits per element from numpy.
 
-    On CPU, torch draws dropout masks one double at a time (``bernoulli_``, 6-25 ns per
+    On CPU, torch draws dropout masks one double at a time (``bernoulli_``, about 25 ns per
     element on these machines), which made dropout a visible share of a training step; numpy
     fills bytes in bulk. The generator is seeded from torch's, so ``torch.manual_seed`` still
     fixes the masks. ``p`` is rounded to a multiple of 1/65536 and the kept values scaled by
@@ -70,7 +70,7 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu" or self.p == 1.0:
             return F.dropout(x, self.p, True)
-        drop = round(self.p * 65536)  # values 0..65535 below this are dropped
+        drop = round(self.p * 65536)  # of the 65536 equally likely draws, this many drop
         seed = int(torch.randint(2**62, ()))
         bits = bytearray(np.random.default_rng(seed).bytes(2 * x.numel()))
         draws = torch.frombuffer(bits, dtype=torch.int16).view(x.shape)  # uniform -2^15..2^15-1
