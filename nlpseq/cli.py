@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from nlpseq.config import POOLINGS
 from nlpseq.errors import NlpseqError
 
 
@@ -182,7 +183,7 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 @click.option("--hidden-size", default=128, show_default=True,
               help="LSTM hidden size of the benchmarked BiLSTM classifier.")
 @click.option("--pooling", default="last", show_default=True,
-              type=click.Choice(["last", "max", "mean", "attention", "max-mean"]),
+              type=click.Choice(POOLINGS),
               help="Head of the benchmarked classifier; `last` (final states of both "
                    "directions) is the plain PyTorch peer's model.")
 @click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")

@@ -82,6 +82,10 @@ class EmbeddingsConfig:
     cache_dir: str = "${NLPSEQ_CACHE:-~/.cache/nlpseq}"
 
 
+Pooling = Literal["last", "max", "mean", "attention", "max-mean"]
+POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
+
+
 @dataclass(frozen=True)
 class SentimentModelConfig:
     """BiRNN text classifier."""
@@ -93,7 +97,7 @@ class SentimentModelConfig:
     bidirectional: bool = True
     dropout: float = 0.5
     embedding_dropout: float = 0.0
-    pooling: Literal["last", "max", "mean", "attention", "max-mean"] = "last"
+    pooling: Pooling = "last"
     # Training only: replace this fraction of tokens with <unk> (regularises fine-tuned embeddings).
     word_dropout: float = 0.0
     # Training only: also train on each batch with its word vectors moved by this L2 norm (per

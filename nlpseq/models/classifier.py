@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpseq.batching import TextBatch
+from nlpseq.config import POOLINGS
 from nlpseq.models.encoder import Dropout, RecurrentEncoder
-
-POOLINGS = ("last", "max", "mean", "attention", "max-mean")
 
 
 class TextClassifier(nn.Module):

@@ -366,8 +366,10 @@ class NerTask(Task):
             if len(head) >= 200:
                 break
         numbered = enumerate(_chain(head, lines), 1)
-        conll = input_format == "conll" or input_format == "auto" and _looks_like_conll(
-            head, self.config.data.tag_column, self.data_scheme)
+        if input_format == "auto":
+            conll = _looks_like_conll(head, self.config.data.tag_column, self.data_scheme)
+        else:
+            conll = input_format == "conll"
         if conll:
             # Column counts are checked as in training data; tags, if present, are ignored.
             data = parse_conll(numbered, "input", self.config.data.tag_column,
