@@ -4,7 +4,9 @@ Padding never leaks into the states. The backward direction of each bidirectiona
 a unidirectional RNN over each sequence reversed *within its own length*, so it starts at the
 real last token; padding then sits after the real tokens, where it can only affect outputs at
 padded positions, which are masked by every consumer. This keeps the fast padded (oneDNN)
-kernels on CPU, which packed sequences do not use.
+kernels on CPU, which packed sequences do not use. On CPU, LSTM layers run on nlpseq's native
+kernel instead where it is available (:mod:`nlpseq.native`: same results, both directions at
+once on separate cores).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nlpseq import native
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -165,6 +169,9 @@ class RecurrentEncoder(nn.Module):
         for index, rnn in enumerate(self.layers):
             if index > 0:
                 x = self.dropout(x)
+            if native.usable(rnn, x):
+                x = native.lstm_layer(rnn, x, lengths)  # (B, T, D), zeros at padding
+                continue
             if not ragged or not self.bidirectional:
                 # Forward direction only sees padding after the real tokens: safe.
                 x, _ = rnn(x)  # (B, T, D)

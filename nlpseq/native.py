@@ -1,0 +1,161 @@
+"""nlpseq's native CPU LSTM layer (``csrc/lstm.cpp``), compiled on first use.
+
+The C++ source is built once per source / torch / Python version with the system's C++
+compiler into a cache folder (``$NLPSEQ_CACHE`` or ``~/.cache/nlpseq``) and loaded as torch
+operators ``torch.ops.nlpseq.*``: no build step at install time and no pybind11. Where it
+cannot be built (no compiler, an unusual torch), :func:`load` warns once and returns False,
+and the models fall back to torch's own LSTM. ``NLPSEQ_NATIVE=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm.cpp"
+_state: dict[str, bool] = {}
+
+
+def cache_dir() -> Path:
+    """Where built libraries live: ``$NLPSEQ_CACHE/native`` or ``~/.cache/nlpseq/native``."""
+    root = os.environ.get("NLPSEQ_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nlpseq"
+    return Path(root) / "native"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: the build targets this CPU (-march=native), so a cache shared
+    between different machines must not hand one machine's build to another."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _compile_command(source: Path, target: Path) -> list[str]:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    command = [compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp",
+               # the loops call an exp made of plain arithmetic; these let them vectorise
+               "-fno-trapping-math", "-fno-math-errno", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        command += ["-march=native", "-mprefer-vector-width=512"]
+    else:
+        command += ["-mcpu=native"]
+    for include in cpp_extension.include_paths():
+        command += ["-isystem", include]
+    command += [str(source), "-o", str(target)]
+    for lib in cpp_extension.library_paths():
+        command += [f"-L{lib}", f"-Wl,-rpath,{lib}"]
+    return command + ["-lc10", "-ltorch_cpu"]
+
+
+def build(source: Path = SOURCE) -> Path:
+    """Compile ``source`` (if not already in the cache) and return the shared library's path.
+
+    The build goes to a temporary file renamed into place, so concurrent processes (DDP ranks,
+    parallel tests) never load a half-written library.
+    """
+    key = hashlib.sha256(source.read_bytes())
+    key.update(f"{torch.__version__} {sys.version} {platform.machine()} {_cpu_flags()}".encode())
+    folder = cache_dir()
+    suffix = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
+    target = folder / f"nlpseq_lstm_{key.hexdigest()[:16]}{suffix}"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"native: compiling {source.name} into {folder} (once, about 20 s)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        partial = Path(scratch) / target.name
+        command = _compile_command(source, partial)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as error:
+            raise RuntimeError(f"cannot run the C++ compiler {command[0]}: {error}") from None
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if "error" in line]
+            detail = lines[0] if lines else done.stderr.strip()[-300:]
+            raise RuntimeError(f"compiling {source.name} failed: {detail}")
+        os.replace(partial, target)
+    return target
+
+
+def load() -> bool:
+    """Make ``torch.ops.nlpseq.lstm_layer_*`` available; False (after one warning) if it
+    cannot be built here or ``NLPSEQ_NATIVE=0``."""
+    if "ok" not in _state:
+        _state["ok"] = False
+        if os.environ.get("NLPSEQ_NATIVE", "1") == "0":
+            return False
+        try:
+            torch.ops.load_library(str(build()))
+            _state["ok"] = True
+        except Exception as error:  # any failure here only costs speed
+            warnings.warn(
+                f"nlpseq: native LSTM kernel unavailable ({error}); falling back to torch's "
+                "LSTM, which is slower on CPU", RuntimeWarning, stacklevel=2,
+            )
+    return _state["ok"]
+
+
+MAX_THREADS = 4  # beyond this, oneDNN's kernel (which splits each step) is left the work
+
+
+def usable(rnn: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`lstm_layer` can run ``rnn`` (a one-layer ``nn.LSTM``) on ``x``: float32
+    on CPU, no autocast, at most :data:`MAX_THREADS` threads, and the library loads."""
+    return (
+        isinstance(rnn, torch.nn.LSTM) and rnn.num_layers == 1 and rnn.bias
+        and rnn.proj_size == 0 and x.device.type == "cpu" and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.get_num_threads() <= MAX_THREADS and load()
+    )
+
+
+class _LSTMLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lengths, directions, *weights):
+        w_ih, w_hh, b_ih, b_hh = (weights[k::4] for k in range(4))
+        bias = [a + b for a, b in zip(b_ih, b_hh)]
+        out, acts, cells = torch.ops.nlpseq.lstm_layer_forward(x, lengths, w_ih, w_hh, bias)
+        ctx.save_for_backward(x, lengths, out, acts, cells, *w_ih, *w_hh)
+        ctx.directions = directions
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, lengths, out, acts, cells, *w = ctx.saved_tensors
+        d = ctx.directions
+        dx, dw_ih, dw_hh, db = torch.ops.nlpseq.lstm_layer_backward(
+            dout, x, lengths, w[:d], w[d:], out, acts, cells)
+        grads = []
+        for k in range(d):
+            grads += [dw_ih[k], dw_hh[k], db[k], db[k]]
+        return (dx, None, None, *grads)
+
+
+def lstm_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run a one-layer (bidirectional) ``nn.LSTM`` over ``x`` (B, T, I) with per-row
+    ``lengths`` (B,): outputs (B, T, D*H), zeros at padding, the backward direction starting
+    at each row's last real token. Same results as ``rnn`` on packed sequences."""
+    if not load():
+        raise RuntimeError("nlpseq's native LSTM kernel is not available here")
+    suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
+    weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), len(suffixes), *weights)

@@ -1,0 +1,110 @@
+"""nlpseq's native CPU LSTM layer: same outputs and gradients as torch's LSTM on packed
+sequences, padding-safe, used by the encoder, and a clean fallback where it cannot be built."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nlpseq import native
+from nlpseq.batching import collate_text
+from nlpseq.models.encoder import RecurrentEncoder
+
+needs_native = pytest.mark.skipif(not native.load(), reason="native kernel unavailable here")
+
+
+def packed_reference(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+
+
+@needs_native
+@pytest.mark.parametrize("bidirectional, shape, threads", list(itertools.product(
+    [True, False], [(6, 7), (1, 1), (3, 1), (4, 12)], [1, 2])))
+def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads):
+    batch, steps = shape
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(batch * 100 + steps)
+        rnn = nn.LSTM(9, 7, batch_first=True, bidirectional=bidirectional)
+        x = torch.randn(batch, steps, 9, requires_grad=True)
+        lengths = torch.randint(1, steps + 1, (batch,))
+        lengths[0] = steps
+        out = native.lstm_layer(rnn, x, lengths)
+        expected = packed_reference(rnn, x, lengths)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        weight = torch.randn_like(out)  # a loss that weighs every output differently
+        inputs = [x, *rnn.parameters()]
+        grads = torch.autograd.grad((out * weight).sum(), inputs)
+        expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_native
+def test_activations_are_exact_to_float_precision():
+    """The kernel's own exp/sigmoid/tanh, seen through one step with zero recurrent weights."""
+    rnn = nn.LSTM(1, 1, batch_first=True)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.zero_()
+        rnn.weight_ih_l0.fill_(1.0)  # every gate's pre-activation is x
+    x = torch.linspace(-30, 30, 2001).view(-1, 1, 1)
+    out = native.lstm_layer(rnn, x, torch.ones(len(x), dtype=torch.long))
+    s = torch.sigmoid(x.double())
+    expected = s * torch.tanh(s * torch.tanh(x.double()))  # o * tanh(i * g), f * c0 = 0
+    torch.testing.assert_close(out.double(), expected, atol=2e-7, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_gives_the_same_with_and_without_the_kernel(monkeypatch, layers):
+    torch.manual_seed(0)
+    model = RecurrentEncoder(20, 6, 5, cell="lstm", layers=layers).eval()
+    batch = collate_text([[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]])
+    with torch.no_grad():
+        outputs, final = model(batch.ids, batch.lengths)
+        monkeypatch.setitem(native._state, "ok", False)
+        assert not native.usable(model.layers[0], torch.zeros(1, 1, 6))
+        torch_outputs, torch_final = model(batch.ids, batch.lengths)
+    torch.testing.assert_close(outputs, torch_outputs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(final, torch_final, atol=1e-5, rtol=0)
+
+
+def test_used_only_where_it_applies():
+    lstm, x = nn.LSTM(3, 4, batch_first=True), torch.zeros(2, 3, 3)
+    assert not native.usable(nn.GRU(3, 4, batch_first=True), x)
+    assert not native.usable(nn.LSTM(3, 4, num_layers=2, batch_first=True), x)
+    assert not native.usable(lstm, x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not native.usable(lstm, x)
+    assert native.usable(lstm, x) == native.load()
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("NLPSEQ_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    source = tmp_path / "lstm.cpp"
+    source.write_text("int main() { return 0; }\n")
+    with pytest.raises(RuntimeError, match="no-such-compiler"):
+        native.build(source)
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "build", lambda: (_ for _ in ()).throw(RuntimeError("no g++")))
+    with pytest.warns(RuntimeWarning, match="no g++"):
+        assert native.load() is False
+    assert native.load() is False  # decided once: no second warning, no second attempt
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("NLPSEQ_NATIVE", "0")
+    assert native.load() is False
+    assert not native.usable(nn.LSTM(3, 4, batch_first=True), torch.zeros(1, 2, 3))
