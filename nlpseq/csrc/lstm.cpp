@@ -50,16 +50,17 @@ inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 inline float tanh_approx(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
 
-// One row, one step. Gate pre-activations: xb (input projection + biases) + rb (h W_hh^T).
-// Updates the state (hb, cb), writes the output (ob) and saves activations (ab) and cell (sb).
-void cell_forward(int64_t H, const float* __restrict xb, const float* __restrict rb,
+// One row, one step. ab holds the gate pre-activations' input part (x W_ih^T + biases) and
+// is overwritten with the activations i, f, g, o; rb holds h W_hh^T. Updates the state
+// (hb, cb), writes the output (ob) and saves the new cell (sb).
+void cell_forward(int64_t H, float* __restrict ab, const float* __restrict rb,
                   float* __restrict hb, float* __restrict cb, float* __restrict ob,
-                  float* __restrict ab, float* __restrict sb) {
+                  float* __restrict sb) {
   for (int64_t j = 0; j < H; ++j) {
-    const float i = sigmoid_approx(xb[j] + rb[j]);
-    const float f = sigmoid_approx(xb[H + j] + rb[H + j]);
-    const float g = tanh_approx(xb[2 * H + j] + rb[2 * H + j]);
-    const float o = sigmoid_approx(xb[3 * H + j] + rb[3 * H + j]);
+    const float i = sigmoid_approx(ab[j] + rb[j]);
+    const float f = sigmoid_approx(ab[H + j] + rb[H + j]);
+    const float g = tanh_approx(ab[2 * H + j] + rb[2 * H + j]);
+    const float o = sigmoid_approx(ab[3 * H + j] + rb[3 * H + j]);
     const float c = f * cb[j] + i * g;
     const float h = o * tanh_approx(c);
     ab[j] = i;
@@ -103,12 +104,13 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
                        at::Tensor& out, at::Tensor& acts, at::Tensor& cells) {
   const int64_t B = n.batch, T = n.steps, H = n.hidden, G = 4 * H, DH = n.directions * H;
-  at::Tensor xproj = at::addmm(bias, x.reshape({B * T, n.input}), w_ih.t());  // (B*T, 4H)
+  // The input part of every step's gates in one product, written where the activations go.
+  at::Tensor gates = acts[d].view({B * T, G});
+  at::addmm_out(gates, bias, x.reshape({B * T, n.input}), w_ih.t());
   at::Tensor h = at::zeros({B, H}, x.options());
   at::Tensor c = at::zeros({B, H}, x.options());
   at::Tensor rec = at::empty({B, G}, x.options());
   at::Tensor w_hh_t = w_hh.t();  // (H, 4H)
-  const float* xp = xproj.data_ptr<float>();
   const float* rp = rec.data_ptr<float>();
   float* hp = h.data_ptr<float>();
   float* cp = c.data_ptr<float>();
@@ -128,7 +130,7 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
         std::copy(cb, cb + H, sp + row * H);
         continue;
       }
-      cell_forward(H, xp + row * G, rp + b * G, hp + b * H, cb, ob, ap + row * G, sp + row * H);
+      cell_forward(H, ap + row * G, rp + b * G, hp + b * H, cb, ob, sp + row * H);
     }
   }
 }
