@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nlpseq import native
 from nlpseq.batching import TokenStore, bucket_batches
 from nlpseq.config import TokenizerConfig, TrainConfig
 from nlpseq.corpora import read_labelled
@@ -95,6 +96,8 @@ def run_bench(
                            hidden_size=hidden_size, pooling=pooling)
     config = TrainConfig(lr=1e-3, clip=5.0)
     optimizer = make_optimizer(model, config)  # and `update`: the step `nlpseq train` takes
+    probe = torch.zeros(1, 1, embedding_dim)
+    figures["lstm_kernel"] = "native" if native.usable(model.encoder.layers[0], probe) else "torch"
     position = [0]
 
     def train_step() -> float:

@@ -8,6 +8,8 @@ saved in ``tokenizer.json``.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +23,10 @@ SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 PTB_BRACKETS = {"lrb": "(", "rrb": ")", "lsb": "[", "rsb": "]", "lcb": "{", "rcb": "}"}
 
 
+def _ptb_pattern(escape: str) -> str:
+    return f"(?i)(?<!\\S)-{escape}-(?!\\S)"
+
+
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
     steps = []
     if config.lowercase:
@@ -29,8 +35,82 @@ def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
         steps.append(normalizers.Replace(Regex(r"\d"), "0"))
     if config.ptb_brackets and config.kind == "word":
         for escape, bracket in PTB_BRACKETS.items():
-            steps.append(normalizers.Replace(Regex(f"(?i)(?<!\\S)-{escape}-(?!\\S)"), bracket))
+            steps.append(normalizers.Replace(Regex(_ptb_pattern(escape)), bracket))
     return normalizers.Sequence(steps) if steps else None
+
+
+class _WordLevelPlan:
+    """A word-level tokenizer's encoding done in Python, with identical ids.
+
+    For short texts the Rust tokenizer spends most of its time building alignment-tracking
+    strings and ``Encoding`` objects (about 20 µs per SST-2 sentence); lowercasing, splitting
+    and a dict lookup take a few. Built only for the exact pipelines :meth:`TextTokenizer.train`
+    writes for ``kind: word`` (lowercase, digits, PTB brackets, whitespace split, WordLevel,
+    right truncation); a text that holds a special token's string or one of the four control
+    characters Python splits on and Rust does not goes through the Rust tokenizer instead.
+    """
+
+    PTB = {f"-{escape}-": bracket for escape, bracket in PTB_BRACKETS.items()}
+    SUSPECT = re.compile("[<\x1c-\x1f]")  # a cheap first test before ROUTE_TO_RUST
+    ROUTE_TO_RUST = re.compile("|".join(map(re.escape, SPECIALS)) + "|[\x1c-\x1f]")
+
+    def __init__(self, spec: dict, vocab: dict[str, int]):
+        self.vocab = vocab
+        steps = spec["normalizer"] or {"type": "Sequence", "normalizers": []}
+        steps = steps["normalizers"] if steps["type"] == "Sequence" else [steps]
+        kinds = [self._kind(step) for step in steps]
+        if None in kinds or kinds != sorted(kinds, key=["lower", "digits", "ptb"].index):
+            raise ValueError("normalizers nlpseq does not write")
+        self.lower = "lower" in kinds
+        self.digits = "digits" in kinds
+        self.ptb = kinds.count("ptb") == len(PTB_BRACKETS)
+        if kinds.count("ptb") not in (0, len(PTB_BRACKETS)):
+            raise ValueError("partial PTB normalizers")
+        truncation = spec["truncation"]
+        if truncation and (truncation["direction"] != "Right" or truncation["stride"]):
+            raise ValueError("truncation nlpseq does not write")
+        self.max_length = truncation["max_length"] if truncation else 0
+
+    @staticmethod
+    def _kind(step: dict) -> str | None:
+        if step["type"] == "Lowercase":
+            return "lower"
+        if step["type"] != "Replace":
+            return None
+        pattern = step["pattern"].get("Regex")
+        if pattern == r"\d" and step["content"] == "0":
+            return "digits"
+        ptb = {_ptb_pattern(escape): bracket for escape, bracket in PTB_BRACKETS.items()}
+        return "ptb" if ptb.get(pattern) == step["content"] else None
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> _WordLevelPlan | None:
+        """The plan for ``tokenizer``, or None where it is not one nlpseq's word kind writes."""
+        spec = json.loads(tokenizer.to_str())
+        try:
+            if (spec["model"]["type"] != "WordLevel" or spec["post_processor"] is not None
+                    or spec["pre_tokenizer"] != {"type": "WhitespaceSplit"}
+                    or [t["content"] for t in spec["added_tokens"]] != SPECIALS):
+                return None
+            return cls(spec, tokenizer.get_vocab())
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def encode(self, text: str) -> list[int] | None:
+        """Ids of ``text``, or None where the Rust tokenizer must do it."""
+        if self.SUSPECT.search(text) and self.ROUTE_TO_RUST.search(text):
+            return None
+        if self.lower:
+            # Rust lowercases char by char; Python's one context rule, final sigma, is avoided
+            text = text.replace("\u03a3", "\u03c3").lower()
+        if self.digits:
+            text = re.sub(r"\d", "0", text)
+        words = text.split()
+        if self.ptb and "-" in text:
+            words = [self.PTB.get(w.lower(), w) if w[0] == "-" else w for w in words]
+        get = self.vocab.get
+        ids = [get(w, UNK) for w in words]
+        return ids[: self.max_length] if self.max_length else ids
 
 
 class TextTokenizer:
@@ -41,6 +121,7 @@ class TextTokenizer:
         for token_id, token in enumerate(SPECIALS):
             if tokenizer.token_to_id(token) != token_id:
                 raise ValueError(f"tokenizer must map {token} to id {token_id}")
+        self._plan = _WordLevelPlan.of(tokenizer)
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:
@@ -101,9 +182,17 @@ class TextTokenizer:
         return self.tokenizer.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts (parallel, in Rust)."""
-        # encode_batch_fast skips character offsets, which nlpseq never uses.
-        return [e.ids for e in self.tokenizer.encode_batch_fast(texts)]
+        """Encode many texts: word-level ones in Python (see :class:`_WordLevelPlan`: same
+        ids, several times faster on short texts), others in parallel in Rust."""
+        if self._plan is None:
+            # encode_batch_fast skips character offsets, which nlpseq never uses.
+            return [e.ids for e in self.tokenizer.encode_batch_fast(texts)]
+        encoded = [self._plan.encode(text) for text in texts]
+        rest = [i for i, ids in enumerate(encoded) if ids is None]
+        if rest:
+            for i, e in zip(rest, self.tokenizer.encode_batch_fast([texts[i] for i in rest])):
+                encoded[i] = e.ids
+        return encoded  # type: ignore[return-value]
 
     def encode_words(self, sentences: list[list[str]]) -> list[list[int]]:
         """Encode already-split sentences: exactly one id per word (word-level tokenizers)."""

@@ -110,3 +110,28 @@ def test_ptb_bracket_escapes_read_as_brackets():
     assert tok.encode_words([["-LRB-", "a"]]) == [tok.encode("( a")]
     off = TextTokenizer.train(["a ( b )"], TokenizerConfig(ptb_brackets=False))
     assert off.tokens("-lrb- a") == ["<unk>", "a"]
+
+
+TRICKY = [
+    "", "   ", "Plain words, and 42 numbers 3.14", "ΟΔΟΣ Σίσυφος İstanbul STRASSE ẞ ǅ",
+    "tab\tnew\nline\r\nform\x0cfeed\x0bvt", "nbsp\xa0ideo\u3000thin\u2009nel\x85ls\u2028end",
+    "\x1cfile\x1dgroup\x1erecord\x1funit", "zero\u200bwidth mongolian\u180evowel",
+    "-LRB- x -rrb- -Lsb-y-rsb- a-lrb-b (-lcb-) -rcb-\xa0-lrb-\u3000-RRB-",
+    "arabic ٣٤ digits ０１ fullwidth", "has <unk> and<pad>glued <bos><eos>", "ｆｕｌｌ Ｗｉｄｔｈ",
+]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"lowercase": True}, {"normalize_digits": True}, {"ptb_brackets": False},
+    {"lowercase": True, "normalize_digits": True, "max_length": 4},
+])
+def test_word_level_python_encoding_matches_rust(options):
+    """encode_batch's Python path for word-level tokenizers gives the Rust tokenizer's ids."""
+    texts = TRICKY + [f"a{chr(c)}b" for c in range(0x3000 + 1) if chr(c).isspace()]
+    training = [text for text in TRICKY if "<" not in text] * 2
+    tokenizer = TextTokenizer.train(training, TokenizerConfig(kind="word", **options))
+    assert tokenizer._plan is not None
+    assert tokenizer.encode_batch(texts) == [tokenizer.encode(text) for text in texts]
+    extended = tokenizer.extended(["zero", "unseen", "("])
+    assert extended._plan is not None
+    assert extended.encode_batch(texts) == [extended.encode(text) for text in texts]
