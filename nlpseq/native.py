@@ -27,10 +27,9 @@ _state: dict[str, bool] = {}
 
 
 def cache_dir() -> Path:
-    """Where built libraries live: ``$NLPSEQ_CACHE/native`` or ``~/.cache/nlpseq/native``."""
-    root = os.environ.get("NLPSEQ_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nlpseq"
-    return Path(root) / "native"
+    """Where built libraries live: ``native/`` in the cache root embeddings use
+    (``$NLPSEQ_CACHE``, default ``~/.cache/nlpseq``; see ``EmbeddingsConfig.cache_dir``)."""
+    return Path(os.environ.get("NLPSEQ_CACHE") or "~/.cache/nlpseq").expanduser() / "native"
 
 
 def _cpu_flags() -> str:

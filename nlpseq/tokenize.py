@@ -8,6 +8,7 @@ saved in ``tokenizer.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -23,8 +24,10 @@ SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 PTB_BRACKETS = {"lrb": "(", "rrb": ")", "lsb": "[", "rsb": "]", "lcb": "{", "rcb": "}"}
 
 
-def _ptb_pattern(escape: str) -> str:
-    return f"(?i)(?<!\\S)-{escape}-(?!\\S)"
+# A whole whitespace-delimited escape, any case -> its bracket.
+_PTB_PATTERNS = {
+    f"(?i)(?<!\\S)-{escape}-(?!\\S)": bracket for escape, bracket in PTB_BRACKETS.items()
+}
 
 
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
@@ -34,8 +37,8 @@ def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
     if config.normalize_digits:
         steps.append(normalizers.Replace(Regex(r"\d"), "0"))
     if config.ptb_brackets and config.kind == "word":
-        for escape, bracket in PTB_BRACKETS.items():
-            steps.append(normalizers.Replace(Regex(_ptb_pattern(escape)), bracket))
+        for pattern, bracket in _PTB_PATTERNS.items():
+            steps.append(normalizers.Replace(Regex(pattern), bracket))
     return normalizers.Sequence(steps) if steps else None
 
 
@@ -80,8 +83,7 @@ class _WordLevelPlan:
         pattern = step["pattern"].get("Regex")
         if pattern == r"\d" and step["content"] == "0":
             return "digits"
-        ptb = {_ptb_pattern(escape): bracket for escape, bracket in PTB_BRACKETS.items()}
-        return "ptb" if ptb.get(pattern) == step["content"] else None
+        return "ptb" if _PTB_PATTERNS.get(pattern) == step["content"] else None
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> _WordLevelPlan | None:
@@ -121,7 +123,11 @@ class TextTokenizer:
         for token_id, token in enumerate(SPECIALS):
             if tokenizer.token_to_id(token) != token_id:
                 raise ValueError(f"tokenizer must map {token} to id {token_id}")
-        self._plan = _WordLevelPlan.of(tokenizer)
+
+    @functools.cached_property
+    def _plan(self) -> _WordLevelPlan | None:
+        # Built on first batch encoding, not at load: it serialises the whole vocabulary.
+        return _WordLevelPlan.of(self.tokenizer)
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:
