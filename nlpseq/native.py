@@ -129,29 +129,32 @@ def usable(rnn: torch.nn.Module, x: torch.Tensor) -> bool:
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lengths, directions, *weights):
-        w_ih, w_hh, b_ih, b_hh = (weights[k::4] for k in range(4))
-        bias = [a + b for a, b in zip(b_ih, b_hh)]
-        out, acts, cells = torch.ops.nlpseq.lstm_layer_forward(x, lengths, w_ih, w_hh, bias)
-        ctx.save_for_backward(x, lengths, out, acts, cells, *w_ih, *w_hh)
+        w_ih, w_hh, b_ih, b_hh = (list(weights[k::4]) for k in range(4))
+        out, final, w, xh, acts, cells = torch.ops.nlpseq.lstm_layer_forward(
+            x, lengths, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(lengths, w, xh, acts, cells)
         ctx.directions = directions
-        return out
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
+        return out, final
 
     @staticmethod
-    def backward(ctx, dout):
-        x, lengths, out, acts, cells, *w = ctx.saved_tensors
-        d = ctx.directions
+    def backward(ctx, dout, dfinal):
         dx, dw_ih, dw_hh, db = torch.ops.nlpseq.lstm_layer_backward(
-            dout, x, lengths, w[:d], w[d:], out, acts, cells)
+            dout, dfinal, *ctx.saved_tensors)
         grads = []
-        for k in range(d):
+        for k in range(ctx.directions):
             grads += [dw_ih[k], dw_hh[k], db[k], db[k]]
         return (dx, None, None, *grads)
 
 
-def lstm_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def lstm_layer(
+    rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a one-layer (bidirectional) ``nn.LSTM`` over ``x`` (B, T, I) with per-row
     ``lengths`` (B,): outputs (B, T, D*H), zeros at padding, the backward direction starting
-    at each row's last real token. Same results as ``rnn`` on packed sequences."""
+    at each row's last real token; and the final states (B, D*H): the forward direction's at
+    each row's last real token, the backward one's at its first. Same results as ``rnn`` on
+    packed sequences."""
     if not load():
         raise RuntimeError("nlpseq's native LSTM kernel is not available here")
     suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]

@@ -17,10 +17,13 @@ from nlpseq.models.encoder import RecurrentEncoder
 needs_native = pytest.mark.skipif(not native.load(), reason="native kernel unavailable here")
 
 
-def packed_reference(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def packed_reference(
+    rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    out, _ = rnn(packed)
-    return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+    out, (h_n, _) = rnn(packed)
+    out = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+    return out, torch.cat(list(h_n), dim=-1)  # (B, T, D*H), (B, D*H)
 
 
 @needs_native
@@ -36,15 +39,24 @@ def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads)
         x = torch.randn(batch, steps, 9, requires_grad=True)
         lengths = torch.randint(1, steps + 1, (batch,))
         lengths[0] = steps
-        out = native.lstm_layer(rnn, x, lengths)
-        expected = packed_reference(rnn, x, lengths)
+        out, final = native.lstm_layer(rnn, x, lengths)
+        expected, expected_final = packed_reference(rnn, x, lengths)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-        weight = torch.randn_like(out)  # a loss that weighs every output differently
+        torch.testing.assert_close(final, expected_final, atol=1e-5, rtol=0)
         inputs = [x, *rnn.parameters()]
-        grads = torch.autograd.grad((out * weight).sum(), inputs)
-        expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
-        for got, want in zip(grads, expected_grads):
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        # Losses that weigh every output differently: on the outputs, the final states, both.
+        weight, final_weight = torch.randn_like(out), torch.randn_like(final)
+        for use_out, use_final in [(True, False), (False, True), (True, True)]:
+            def loss(out, final, use_out=use_out, use_final=use_final):
+                terms = [(out * weight).sum()] if use_out else []  # unused: its gradient is None
+                return sum(terms + ([(final * final_weight).sum()] if use_final else []))
+
+            got_out, got_final = native.lstm_layer(rnn, x, lengths)
+            grads = torch.autograd.grad(loss(got_out, got_final), inputs)
+            expected_grads = torch.autograd.grad(loss(expected, expected_final), inputs,
+                                                 retain_graph=True)
+            for got, want in zip(grads, expected_grads):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     finally:
         torch.set_num_threads(previous)
 
@@ -58,7 +70,7 @@ def test_activations_are_exact_to_float_precision():
             p.zero_()
         rnn.weight_ih_l0.fill_(1.0)  # every gate's pre-activation is x
     x = torch.linspace(-30, 30, 2001).view(-1, 1, 1)
-    out = native.lstm_layer(rnn, x, torch.ones(len(x), dtype=torch.long))
+    out, _ = native.lstm_layer(rnn, x, torch.ones(len(x), dtype=torch.long))
     s = torch.sigmoid(x.double())
     expected = s * torch.tanh(s * torch.tanh(x.double()))  # o * tanh(i * g), f * c0 = 0
     torch.testing.assert_close(out.double(), expected, atol=2e-7, rtol=0)

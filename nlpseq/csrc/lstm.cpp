@@ -2,17 +2,20 @@
 //
 // Why: at the sizes nlpseq trains (batch 64, hidden 128, ~10 steps) torch's oneDNN LSTM runs
 // both directions one after the other and barely gains from a second thread. Here the two
-// directions' whole work -- input projection, recurrence, and in the backward pass the weight
-// gradients -- runs as two independent single-threaded tasks, and each step's gate arithmetic
-// is one fused, vectorised loop.
+// directions' whole work -- each step's one product of [x_t h] with [W_ih W_hh], and in the
+// backward pass the weight gradients -- runs as two independent single-threaded tasks, and
+// each step's gate arithmetic is one fused, vectorised loop.
 //
 // Padding: a row is active at step t when t < length. An inactive row keeps its state (the
 // forward direction has finished; the backward one has not started, so it still holds the zero
 // initial state and begins exactly at the row's last real token) and outputs zeros.
 //
-// Layouts: x (B, T, I); out (B, T, D*H) with direction d in columns d*H..(d+1)*H; the saved
-// activations `acts` (D, B, T, 4H) hold i, f, g, o after their nonlinearities and `cells`
-// (D, B, T, H) the cell state after each step. Gate order i, f, g, o as in torch.nn.LSTM.
+// Layouts: x (B, T, I); out (B, T, D*H) with direction d in columns d*H..(d+1)*H; final
+// (B, D*H) each direction's last state (the forward one at each row's last real token, the
+// backward one at the first). Saved for the backward pass: `xh` (D, B, T, I+H) each step's
+// input next to the state it started from, `acts` (D, B, T, 4H) i, f, g, o after their
+// nonlinearities, `cells` (D, B, T, H) the cell state after each step and `w` (D, 4H, I+H)
+// each direction's [W_ih W_hh]. Gate order i, f, g, o as in torch.nn.LSTM.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,17 +53,17 @@ inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 inline float tanh_approx(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
 
-// One row, one step. ab holds the gate pre-activations' input part (x W_ih^T + biases) and
-// is overwritten with the activations i, f, g, o; rb holds h W_hh^T. Updates the state
-// (hb, cb), writes the output (ob) and saves the new cell (sb).
-void cell_forward(int64_t H, float* __restrict ab, const float* __restrict rb,
-                  float* __restrict hb, float* __restrict cb, float* __restrict ob,
-                  float* __restrict sb) {
+// One row, one step. rb holds the gate pre-activations without bias ([x h] W^T); writes
+// the activations i, f, g, o (ab), updates the state (hb, cb), writes the output (ob) and
+// saves the new cell (sb).
+void cell_forward(int64_t H, const float* __restrict rb, const float* __restrict bias,
+                  float* __restrict ab, float* __restrict hb, float* __restrict cb,
+                  float* __restrict ob, float* __restrict sb) {
   for (int64_t j = 0; j < H; ++j) {
-    const float i = sigmoid_approx(ab[j] + rb[j]);
-    const float f = sigmoid_approx(ab[H + j] + rb[H + j]);
-    const float g = tanh_approx(ab[2 * H + j] + rb[2 * H + j]);
-    const float o = sigmoid_approx(ab[3 * H + j] + rb[3 * H + j]);
+    const float i = sigmoid_approx(rb[j] + bias[j]);
+    const float f = sigmoid_approx(rb[H + j] + bias[H + j]);
+    const float g = tanh_approx(rb[2 * H + j] + bias[2 * H + j]);
+    const float o = sigmoid_approx(rb[3 * H + j] + bias[3 * H + j]);
     const float c = f * cb[j] + i * g;
     const float h = o * tanh_approx(c);
     ab[j] = i;
@@ -75,22 +78,29 @@ void cell_forward(int64_t H, float* __restrict ab, const float* __restrict rb,
 }
 
 // One row, one step backwards. dL/dh is the carried dhb plus this step's output gradient gb;
-// dcb carries dL/dc and is updated to the previous step's. Writes the gradient of the gate
-// pre-activations (db). cprev: the cell state before this step.
+// dcb carries dL/dc and is updated to the previous step's. Writes the gradient
+// of the gate pre-activations (db) and adds it to the bias gradient (dbias). cprev: the cell
+// state before this step.
 void cell_backward(int64_t H, const float* __restrict ab, const float* __restrict sb,
                    const float* __restrict cprev, const float* __restrict gb,
-                   const float* __restrict dhb, float* __restrict dcb, float* __restrict db) {
+                   const float* __restrict dhb, float* __restrict dcb, float* __restrict db,
+                   float* __restrict dbias) {
   for (int64_t j = 0; j < H; ++j) {
     const float i = ab[j], f = ab[H + j], g = ab[2 * H + j], o = ab[3 * H + j];
     const float tc = tanh_approx(sb[j]);
     const float dh = dhb[j] + gb[j];
     const float dc = dcb[j] + dh * o * (1.0f - tc * tc);
-    db[j] = dc * g * i * (1.0f - i);
-    db[H + j] = dc * cprev[j] * f * (1.0f - f);
-    db[2 * H + j] = dc * i * (1.0f - g * g);
-    db[3 * H + j] = dh * tc * o * (1.0f - o);
+    const float di = dc * g * i * (1.0f - i);
+    const float df = dc * cprev[j] * f * (1.0f - f);
+    const float dg = dc * i * (1.0f - g * g);
+    const float d_o = dh * tc * o * (1.0f - o);
+    db[j] = di;
+    db[H + j] = df;
+    db[2 * H + j] = dg;
+    db[3 * H + j] = d_o;
     dcb[j] = dc * f;
   }
+  for (int64_t j = 0; j < 4 * H; ++j) dbias[j] += db[j];
 }
 
 struct Shape {
@@ -100,26 +110,38 @@ struct Shape {
 // Step t of direction d at position s of its own order (right to left for d = 1).
 inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T - 1 - s; }
 
+// Each step is one product [x_t h] (B, I+H) times [W_ih W_hh]^T: one well-shaped matrix
+// product instead of a tall input projection plus a thin recurrent one, and its operand
+// `xh` (the input and the state each step started from) is kept, so the backward pass gets
+// the weight gradient in one product too.
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
-                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                       at::Tensor& out, at::Tensor& acts, at::Tensor& cells) {
-  const int64_t B = n.batch, T = n.steps, H = n.hidden, G = 4 * H, DH = n.directions * H;
-  // The input part of every step's gates in one product, written where the activations go.
-  at::Tensor gates = acts[d].view({B * T, G});
-  at::addmm_out(gates, bias, x.reshape({B * T, n.input}), w_ih.t());
-  at::Tensor h = at::zeros({B, H}, x.options());
+                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
+                       const at::Tensor& b_hh, at::Tensor& out, at::Tensor& final,
+                       at::Tensor& w, at::Tensor& xh, at::Tensor& acts, at::Tensor& cells) {
+  const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
+  const int64_t DH = n.directions * H, K = I + H;
+  w.narrow(1, 0, I).copy_(w_ih);  // w = [W_ih W_hh] (4H, I+H), kept for the backward pass
+  w.narrow(1, I, H).copy_(w_hh);
+  at::Tensor w_t = w.t();  // (I+H, 4H)
+  at::Tensor bias = (b_ih + b_hh).contiguous();
+  xh.narrow(2, 0, I).copy_(x);
   at::Tensor c = at::zeros({B, H}, x.options());
   at::Tensor rec = at::empty({B, G}, x.options());
-  at::Tensor w_hh_t = w_hh.t();  // (H, 4H)
   const float* rp = rec.data_ptr<float>();
-  float* hp = h.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
   float* cp = c.data_ptr<float>();
+  float* xp = xh.data_ptr<float>();
   float* op = out.data_ptr<float>() + d * H;
-  float* ap = acts[d].data_ptr<float>();
-  float* sp = cells[d].data_ptr<float>();
+  float* ap = acts.data_ptr<float>();
+  float* sp = cells.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) std::fill(hp + b * DH, hp + b * DH + H, 0.0f);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_at(d, s, T);
-    at::mm_out(rec, h, w_hh_t);  // (B, 4H)
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy(hp + b * DH, hp + b * DH + H, xp + (b * T + t) * K + I);
+    }
+    at::mm_out(rec, xh.select(1, t), w_t);  // (B, 4H)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
       float* ob = op + row * DH;
@@ -130,26 +152,38 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
         std::copy(cb, cb + H, sp + row * H);
         continue;
       }
-      cell_forward(H, ap + row * G, rp + b * G, hp + b * H, cb, ob, sp + row * H);
+      cell_forward(H, rp + b * G, bp, ap + row * G, hp + b * DH, cb, ob, sp + row * H);
     }
   }
 }
 
-void backward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
-                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
-                        const at::Tensor& acts, const at::Tensor& cells, const at::Tensor& dout,
-                        at::Tensor& dx, at::Tensor& dw_ih, at::Tensor& dw_hh, at::Tensor& db) {
-  const int64_t B = n.batch, T = n.steps, H = n.hidden, G = 4 * H, DH = n.directions * H;
-  at::Tensor dgates = at::empty({B, T, G}, x.options());
-  at::Tensor dh = at::zeros({B, H}, x.options());
-  at::Tensor dc = at::zeros({B, H}, x.options());
-  std::vector<float> zeros(H, 0.0f);  // the cell before a direction's first step
-  const float* ap = acts[d].data_ptr<float>();
-  const float* sp = cells[d].data_ptr<float>();
-  const float* gp = dout.data_ptr<float>() + d * H;
+void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
+                        const at::Tensor& w, const at::Tensor& xh,
+                        const at::Tensor& acts, const at::Tensor& cells, const float* gp,
+                        const float* gfinal, at::Tensor& dx, at::Tensor& dw_ih,
+                        at::Tensor& dw_hh, at::Tensor& dbias) {
+  const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
+  const int64_t DH = n.directions * H, K = I + H;
+  at::Tensor dgates = at::empty({B, T, G}, xh.options());
+  at::Tensor dxh = at::empty({B, K}, xh.options());  // one step's gradient of [x_t h]
+  // dL/dh carried backwards starts as the final state's gradient (the state after a row's
+  // last step in this direction, which is where the backward pass begins for that row).
+  at::Tensor dh = at::zeros({B, H}, xh.options());
+  at::Tensor dc = at::zeros({B, H}, xh.options());
+  // The cell before a direction's first step; also the output gradient when there is none.
+  std::vector<float> zeros(H, 0.0f);
+  const float* ap = acts.data_ptr<float>();
+  const float* sp = cells.data_ptr<float>();
+  const float* dxhp = dxh.data_ptr<float>();
   float* dp = dgates.data_ptr<float>();
   float* dhp = dh.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  float* dbp = dbias.data_ptr<float>();
+  std::fill(dbp, dbp + G, 0.0f);
+  if (gfinal) {
+    for (int64_t b = 0; b < B; ++b) std::copy(gfinal + b * DH, gfinal + b * DH + H, dhp + b * H);
+  }
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = step_at(d, s, T);
     const int64_t before = d == 0 ? t - 1 : t + 1;  // the step before t in this direction
@@ -161,29 +195,25 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths, const
       }
       const bool first = before < 0 || before >= lengths[b];
       const float* cprev = first ? zeros.data() : sp + (b * T + before) * H;
-      cell_backward(H, ap + row * G, sp + row * H, cprev, gp + row * DH, dhp + b * H,
-                    dcp + b * H, dp + row * G);
+      cell_backward(H, ap + row * G, sp + row * H, cprev, gp ? gp + row * DH : zeros.data(),
+                    dhp + b * H, dcp + b * H, dp + row * G, dbp);
     }
-    // dL/dh of the step before: dgates_t (B, 4H) W_hh. Rows at padding get zeros, which is
-    // what they carry: nothing flows back into padding, and a backward-direction row that has
-    // not started yet is never read again.
-    at::mm_out(dh, dgates.select(1, t), w_hh);
-  }
-  // The hidden state each step started from: outputs shifted by one step (zeros at padding).
-  at::Tensor mine = out.narrow(2, d * H, H);  // (B, T, H)
-  at::Tensor prev = at::zeros({B, T, H}, x.options());
-  if (T > 1) {
-    if (d == 0) {
-      prev.narrow(1, 1, T - 1).copy_(mine.narrow(1, 0, T - 1));
-    } else {
-      prev.narrow(1, 0, T - 1).copy_(mine.narrow(1, 1, T - 1));
+    at::mm_out(dxh, dgates.select(1, t), w);  // (B, I+H)
+    // A row at padding keeps what it carries: a forward-direction row that has not reached
+    // its end yet holds its final state's gradient; nothing flows into padding's inputs.
+    for (int64_t b = 0; b < B; ++b) {
+      float* dxb = dxp + (b * T + t) * I;
+      if (t >= lengths[b]) {
+        std::fill(dxb, dxb + I, 0.0f);
+        continue;
+      }
+      std::copy(dxhp + b * K, dxhp + b * K + I, dxb);
+      std::copy(dxhp + b * K + I, dxhp + (b + 1) * K, dhp + b * H);
     }
   }
-  at::Tensor flat = dgates.view({B * T, G});
-  at::mm_out(dw_ih, flat.t(), x.reshape({B * T, n.input}));
-  at::mm_out(dw_hh, flat.t(), prev.view({B * T, H}));
-  at::sum_out(db, flat, {0});
-  at::mm_out(dx, flat, w_ih);  // (B*T, I)
+  at::Tensor dw = at::mm(dgates.view({B * T, G}).t(), xh.view({B * T, K}));  // (4H, I+H)
+  dw_ih.copy_(dw.narrow(1, 0, I));
+  dw_hh.copy_(dw.narrow(1, I, H));
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& lengths, at::TensorList w_ih,
@@ -196,61 +226,70 @@ void check_inputs(const at::Tensor& x, const at::Tensor& lengths, at::TensorList
 
 std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Tensor& lengths_in,
                                            at::TensorList w_ih, at::TensorList w_hh,
-                                           at::TensorList bias) {
+                                           at::TensorList b_ih, at::TensorList b_hh) {
   check_inputs(x_in, lengths_in, w_ih, w_hh);
   at::Tensor x = x_in.contiguous();
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
   const Shape n{x.size(0), x.size(1), x.size(2), w_hh[0].size(1),
                 static_cast<int64_t>(w_ih.size())};
-  const int64_t B = n.batch, T = n.steps, H = n.hidden, D = n.directions;
+  const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, D = n.directions;
   at::Tensor out = at::empty({B, T, D * H}, x.options());
+  at::Tensor final = at::empty({B, D * H}, x.options());
+  at::Tensor w = at::empty({D, 4 * H, I + H}, x.options());
+  at::Tensor xh = at::empty({D, B, T, I + H}, x.options());
   at::Tensor acts = at::empty({D, B, T, 4 * H}, x.options());
   at::Tensor cells = at::empty({D, B, T, H}, x.options());
   at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
     for (int64_t d = begin; d < end; ++d) {
-      forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
-                        w_hh[d].contiguous(), bias[d], out, acts, cells);
+      at::Tensor w_d = w[d], xh_d = xh[d], acts_d = acts[d], cells_d = cells[d];
+      forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d], w_hh[d], b_ih[d],
+                        b_hh[d], out, final, w_d, xh_d, acts_d, cells_d);
     }
   });
-  return {out, acts, cells};
+  return {out, final, w, xh, acts, cells};
 }
 
-std::vector<at::Tensor> lstm_layer_backward(const at::Tensor& dout_in, const at::Tensor& x_in,
-                                            const at::Tensor& lengths_in, at::TensorList w_ih,
-                                            at::TensorList w_hh, const at::Tensor& out,
-                                            const at::Tensor& acts, const at::Tensor& cells) {
-  check_inputs(x_in, lengths_in, w_ih, w_hh);
-  at::Tensor x = x_in.contiguous();
-  at::Tensor dout = dout_in.contiguous();
+// dout and dfinal may be undefined (that output was not used).
+std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dout_in,
+                                            const std::optional<at::Tensor>& dfinal_in,
+                                            const at::Tensor& lengths_in, const at::Tensor& w,
+                                            const at::Tensor& xh, const at::Tensor& acts,
+                                            const at::Tensor& cells) {
+  TORCH_CHECK(w.dim() == 3 && xh.dim() == 4 && xh.size(0) == w.size(0) &&
+              xh.size(3) == w.size(2), "w must be (D, 4H, I+H) and xh (D, B, T, I+H)");
+  const int64_t H = w.size(1) / 4;
+  const Shape n{xh.size(1), xh.size(2), xh.size(3) - H, H, xh.size(0)};
+  const int64_t B = n.batch, T = n.steps, I = n.input, D = n.directions;
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
-  const Shape n{x.size(0), x.size(1), x.size(2), w_hh[0].size(1),
-                static_cast<int64_t>(w_ih.size())};
-  const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, D = n.directions;
-  at::Tensor dw_ih = at::empty({D, 4 * H, I}, x.options());
-  at::Tensor dw_hh = at::empty({D, 4 * H, H}, x.options());
-  at::Tensor db = at::empty({D, 4 * H}, x.options());
-  at::Tensor dx = at::empty({D, B * T, I}, x.options());
+  at::Tensor dout, dfinal;
+  if (dout_in && dout_in->defined()) dout = dout_in->contiguous();
+  if (dfinal_in && dfinal_in->defined()) dfinal = dfinal_in->contiguous();
+  at::Tensor dw_ih = at::empty({D, 4 * H, I}, xh.options());
+  at::Tensor dw_hh = at::empty({D, 4 * H, H}, xh.options());
+  at::Tensor db = at::empty({D, 4 * H}, xh.options());
+  at::Tensor dx = at::empty({D, B, T, I}, xh.options());
   at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;
     for (int64_t d = begin; d < end; ++d) {
       at::Tensor dx_d = dx[d], dw_ih_d = dw_ih[d], dw_hh_d = dw_hh[d], db_d = db[d];
-      backward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
-                         w_hh[d].contiguous(), out, acts, cells, dout, dx_d, dw_ih_d, dw_hh_d,
-                         db_d);
+      const float* gp = dout.defined() ? dout.data_ptr<float>() + d * H : nullptr;
+      const float* gf = dfinal.defined() ? dfinal.data_ptr<float>() + d * H : nullptr;
+      backward_direction(d, n, lengths.data_ptr<int64_t>(), w[d], xh[d], acts[d], cells[d],
+                         gp, gf, dx_d, dw_ih_d, dw_hh_d, db_d);
     }
   });
   at::Tensor dx_sum = D == 1 ? dx[0] : dx[0].add_(dx[1]);
-  return {dx_sum.view({B, T, I}), dw_ih, dw_hh, db};
+  return {dx_sum, dw_ih, dw_hh, db};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(nlpseq, m) {
   m.def("lstm_layer_forward(Tensor x, Tensor lengths, Tensor[] w_ih, Tensor[] w_hh, "
-        "Tensor[] bias) -> Tensor[]");
-  m.def("lstm_layer_backward(Tensor dout, Tensor x, Tensor lengths, Tensor[] w_ih, "
-        "Tensor[] w_hh, Tensor out, Tensor acts, Tensor cells) -> Tensor[]");
+        "Tensor[] b_ih, Tensor[] b_hh) -> Tensor[]");
+  m.def("lstm_layer_backward(Tensor? dout, Tensor? dfinal, Tensor lengths, Tensor w, "
+        "Tensor xh, Tensor acts, Tensor cells) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nlpseq, CPU, m) {

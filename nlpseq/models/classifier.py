@@ -61,10 +61,10 @@ class TextClassifier(nn.Module):
         """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``; ``embedded (B, T, E)``
         replaces the looked-up word vectors when given."""
         outputs, final = self.encoder(ids, lengths, embedded=embedded)  # (B, T, D), (B, D)
-        mask = (torch.arange(ids.size(1), device=ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
         if self.pooling == "last":
-            pooled = final
-        elif self.pooling == "attention":
+            return self.output(self.dropout(final))
+        mask = (torch.arange(ids.size(1), device=ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+        if self.pooling == "attention":
             scores = self.attention(outputs).masked_fill(~mask, float("-inf"))  # (B, T, 1)
             pooled = (scores.softmax(dim=1) * outputs).sum(dim=1)  # (B, D)
         else:

@@ -166,12 +166,14 @@ class RecurrentEncoder(nn.Module):
         if extra is not None:
             x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
         x = self.embedding_dropout(x)
+        final = None
         for index, rnn in enumerate(self.layers):
             if index > 0:
                 x = self.dropout(x)
             if native.usable(rnn, x):
-                x = native.lstm_layer(rnn, x, lengths)  # (B, T, D), zeros at padding
+                x, final = native.lstm_layer(rnn, x, lengths)  # (B, T, D), (B, D)
                 continue
+            final = None
             if not ragged or not self.bidirectional:
                 # Forward direction only sees padding after the real tokens: safe.
                 x, _ = rnn(x)  # (B, T, D)
@@ -181,6 +183,8 @@ class RecurrentEncoder(nn.Module):
                 x = torch.cat([forward, reverse_padded(backward, lengths)], dim=-1)  # (B, T, 2H)
             if ragged:
                 x = x * length_mask(lengths, steps).unsqueeze(-1).to(x.dtype)
+        if final is not None:
+            return x, final
         last = (lengths - 1).clamp(min=0)
         final = x[torch.arange(x.size(0), device=x.device), last, : self.hidden_size]  # (B, H)
         if self.bidirectional:
