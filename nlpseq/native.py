@@ -1,6 +1,7 @@
-"""nlpseq's native CPU LSTM layer (``csrc/lstm.cpp``), compiled on first use.
+"""nlpseq's native CPU kernels (``csrc/``): the LSTM layer and dropout masks, compiled on first
+use.
 
-The C++ source is built once per source / torch / Python version with the system's C++
+The C++ sources are built once per source / torch / Python version with the system's C++
 compiler into a cache folder (``$NLPSEQ_CACHE`` or ``~/.cache/nlpseq``) and loaded as torch
 operators ``torch.ops.nlpseq.*``: no build step at install time and no pybind11. Where it
 cannot be built (no compiler, an unusual torch), :func:`load` warns once and returns False,
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm.cpp"
+SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
+                for name in ("lstm.cpp", "dropout.cpp"))
 _state: dict[str, bool] = {}
 
 
@@ -42,7 +44,7 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
-def _compile_command(source: Path, target: Path) -> list[str]:
+def _compile_command(sources: tuple[Path, ...], target: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
@@ -58,30 +60,32 @@ def _compile_command(source: Path, target: Path) -> list[str]:
         command += ["-mcpu=native"]
     for include in cpp_extension.include_paths():
         command += ["-isystem", include]
-    command += [str(source), "-o", str(target)]
+    command += [*map(str, sources), "-o", str(target)]
     for lib in cpp_extension.library_paths():
         command += [f"-L{lib}", f"-Wl,-rpath,{lib}"]
     return command + ["-lc10", "-ltorch_cpu"]
 
 
-def build(source: Path = SOURCE) -> Path:
-    """Compile ``source`` (if not already in the cache) and return the shared library's path.
+def build(sources: tuple[Path, ...] = SOURCES) -> Path:
+    """Compile ``sources`` into one shared library (if not already in the cache) and return
+    its path.
 
     The build goes to a temporary file renamed into place, so concurrent processes (DDP ranks,
     parallel tests) never load a half-written library.
     """
-    key = hashlib.sha256(source.read_bytes())
+    key = hashlib.sha256(b"".join(source.read_bytes() for source in sources))
     key.update(f"{torch.__version__} {sys.version} {platform.machine()} {_cpu_flags()}".encode())
     folder = cache_dir()
     suffix = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
-    target = folder / f"nlpseq_lstm_{key.hexdigest()[:16]}{suffix}"
+    target = folder / f"nlpseq_native_{key.hexdigest()[:16]}{suffix}"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"native: compiling {source.name} into {folder} (once, about 20 s)", file=sys.stderr)
+    names = ", ".join(source.name for source in sources)
+    print(f"native: compiling {names} into {folder} (once, about 20 s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         partial = Path(scratch) / target.name
-        command = _compile_command(source, partial)
+        command = _compile_command(sources, partial)
         try:
             done = subprocess.run(command, capture_output=True, text=True)
         except OSError as error:
@@ -89,13 +93,13 @@ def build(source: Path = SOURCE) -> Path:
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if "error" in line]
             detail = lines[0] if lines else done.stderr.strip()[-300:]
-            raise RuntimeError(f"compiling {source.name} failed: {detail}")
+            raise RuntimeError(f"compiling {names} failed: {detail}")
         os.replace(partial, target)
     return target
 
 
 def load() -> bool:
-    """Make ``torch.ops.nlpseq.lstm_layer_*`` available; False (after one warning) if it
+    """Make ``torch.ops.nlpseq.*`` available; False (after one warning) if the library
     cannot be built here or ``NLPSEQ_NATIVE=0``."""
     if "ok" not in _state:
         _state["ok"] = False
@@ -106,8 +110,8 @@ def load() -> bool:
             _state["ok"] = True
         except Exception as error:  # any failure here only costs speed
             warnings.warn(
-                f"nlpseq: native LSTM kernel unavailable ({error}); falling back to torch's "
-                "LSTM, which is slower on CPU", RuntimeWarning, stacklevel=2,
+                f"nlpseq: native CPU kernels unavailable ({error}); falling back to torch's "
+                "LSTM and numpy dropout masks, which are slower", RuntimeWarning, stacklevel=2,
             )
     return _state["ok"]
 
@@ -124,6 +128,12 @@ def usable(rnn: torch.nn.Module, x: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch.get_num_threads() <= MAX_THREADS and load()
     )
+
+
+def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """A float32 mask shaped like ``x``: 0 where dropped (each element with probability
+    ``p``, to 1/65536), 1 / (keep rate) elsewhere; a function of ``seed`` alone."""
+    return torch.ops.nlpseq.dropout_mask(x.detach(), p, seed)  # only its shape is read
 
 
 class _LSTMLayer(torch.autograd.Function):

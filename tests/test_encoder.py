@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from nlpseq import native
 from nlpseq.batching import collate_text
 from nlpseq.models.classifier import POOLINGS, TextClassifier
 from nlpseq.models.encoder import Dropout, RecurrentEncoder, reverse_padded
@@ -150,8 +151,12 @@ def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
     torch.testing.assert_close(loss, clean.detach())
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_keeps_the_expected_share_unbiased_and_seeded(p):
+@pytest.mark.parametrize("p, kernel", list(itertools.product([0.1, 0.5], ["native", "numpy"])))
+def test_dropout_keeps_the_expected_share_unbiased_and_seeded(monkeypatch, p, kernel):
+    if kernel == "numpy":
+        monkeypatch.setitem(native._state, "ok", False)
+    elif not native.load():
+        pytest.skip("native kernels unavailable here")
     layer = Dropout(p)
     x = torch.ones(200, 500)
     torch.manual_seed(0)

@@ -107,7 +107,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path: Path):
     source = tmp_path / "lstm.cpp"
     source.write_text("int main() { return 0; }\n")
     with pytest.raises(RuntimeError, match="no-such-compiler"):
-        native.build(source)
+        native.build((source,))
     monkeypatch.setattr(native, "_state", {})
     monkeypatch.setattr(native, "build", lambda: (_ for _ in ()).throw(RuntimeError("no g++")))
     with pytest.warns(RuntimeWarning, match="no g++"):
@@ -120,3 +120,21 @@ def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("NLPSEQ_NATIVE", "0")
     assert native.load() is False
     assert not native.usable(nn.LSTM(3, 4, batch_first=True), torch.zeros(1, 2, 3))
+
+
+@needs_native
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.9])
+def test_dropout_mask_is_a_function_of_seed_and_position(p):
+    scale = torch.tensor(65536 / (65536 - round(p * 65536))).item()  # in float32
+    mask = native.dropout_mask(torch.empty(1001, 7), p, seed=3)  # 7007: a partial last word
+    assert mask.shape == (1001, 7) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, scale}
+    assert abs((mask == 0).float().mean().item() - p) < 0.02
+    # The same seed gives the same draws whatever the shape; another seed, others.
+    flat = native.dropout_mask(torch.empty(7007), p, seed=3)
+    assert torch.equal(flat, mask.view(-1))
+    if p > 0:
+        assert not torch.equal(native.dropout_mask(torch.empty(7007), p, seed=4), flat)
+        # The four draws that share one hash are not correlated with each other.
+        lanes = (flat[:7004] == 0).float().view(-1, 4)
+        assert abs(lanes[:, 0].mul(lanes[:, 1]).mean().item() - p * p) < 0.03

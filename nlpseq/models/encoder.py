@@ -53,14 +53,15 @@ def _run_direction(rnn: nn.RNNBase, x: Tensor, reverse: bool) -> Tensor:
 
 
 class Dropout(nn.Module):
-    """``nn.Dropout`` with its CPU mask drawn 16 random bits per element from numpy.
+    """``nn.Dropout`` with its CPU mask drawn 16 random bits per element in bulk.
 
     On CPU, torch draws dropout masks one double at a time (``bernoulli_``, about 25 ns per
-    element on these machines), which made dropout a visible share of a training step; numpy
-    fills bytes in bulk. The generator is seeded from torch's, so ``torch.manual_seed`` still
-    fixes the masks. ``p`` is rounded to a multiple of 1/65536 and the kept values scaled by
-    the exact inverse of the rounded keep rate, so the layer stays unbiased. Other devices use
-    torch's own fused kernel.
+    element on these machines), which made dropout a visible share of a training step. The
+    mask comes from nlpseq's native kernel (:func:`nlpseq.native.dropout_mask`) or, where that
+    is unavailable, from numpy's bulk bytes. The seed is drawn from torch's generator, so
+    ``torch.manual_seed`` still fixes the masks. ``p`` is rounded to a multiple of 1/65536 and
+    the kept values scaled by the exact inverse of the rounded keep rate, so the layer stays
+    unbiased. Other devices use torch's own fused kernel.
     """
 
     def __init__(self, p: float = 0.5):
@@ -76,6 +77,8 @@ class Dropout(nn.Module):
             return F.dropout(x, self.p, True)
         drop = round(self.p * 65536)  # of the 65536 equally likely draws, this many drop
         seed = int(torch.randint(2**62, ()))
+        if x.dtype == torch.float32 and drop < 65536 and native.load():
+            return x * native.dropout_mask(x, self.p, seed)
         bits = bytearray(np.random.default_rng(seed).bytes(2 * x.numel()))
         draws = torch.frombuffer(bits, dtype=torch.int16).view(x.shape)  # uniform -2^15..2^15-1
         keep = (draws >= drop - 32768).to(x.dtype)
