@@ -54,6 +54,7 @@ class _WordLevelPlan:
     """
 
     PTB = {f"-{escape}-": bracket for escape, bracket in PTB_BRACKETS.items()}
+    DIGIT = re.compile(r"\d")
     SUSPECT = re.compile("[<\x1c-\x1f]")  # a cheap first test before ROUTE_TO_RUST
     ROUTE_TO_RUST = re.compile("|".join(map(re.escape, SPECIALS)) + "|[\x1c-\x1f]")
 
@@ -106,7 +107,7 @@ class _WordLevelPlan:
             # Rust lowercases char by char; Python's one context rule, final sigma, is avoided
             text = text.replace("\u03a3", "\u03c3").lower()
         if self.digits:
-            text = re.sub(r"\d", "0", text)
+            text = self.DIGIT.sub("0", text)
         words = text.split()
         if self.ptb and "-" in text:
             words = [self.PTB.get(w.lower(), w) if w[0] == "-" else w for w in words]

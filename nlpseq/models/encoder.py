@@ -73,11 +73,11 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or self.p == 1.0:
-            return F.dropout(x, self.p, True)
         drop = round(self.p * 65536)  # of the 65536 equally likely draws, this many drop
+        if x.device.type != "cpu" or drop == 65536:  # p rounds to 1: nothing is kept
+            return F.dropout(x, self.p, True)
         seed = int(torch.randint(2**62, ()))
-        if x.dtype == torch.float32 and drop < 65536 and native.load():
+        if x.dtype == torch.float32 and native.load():
             return x * native.dropout_mask(x, self.p, seed)
         bits = bytearray(np.random.default_rng(seed).bytes(2 * x.numel()))
         draws = torch.frombuffer(bits, dtype=torch.int16).view(x.shape)  # uniform -2^15..2^15-1
