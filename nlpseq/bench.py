@@ -60,10 +60,13 @@ def run_bench(
     seconds: float = 20.0,
     threads: int = 0,
     pooling: str = "last",
+    lazy_updates: bool = True,
 ) -> dict[str, float | str]:
     """Measure and return the figures (see module docstring). The default model is the plain
     PyTorch peer's (``../shared/peers/torch_sst2.py``): BiLSTM over 50d vectors, both
-    directions' final states -> dropout 0.5 -> linear; ``pooling`` picks another head."""
+    directions' final states -> dropout 0.5 -> linear; ``pooling`` picks another head.
+    ``lazy_updates``: Adam updates only the embedding rows a batch uses, as the sentiment
+    pipelines train (``embeddings.lazy_updates``); False updates every row (the peer's)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -71,7 +74,8 @@ def run_bench(
     texts = read_labelled(source, "tsv").texts
     tokenizer = TextTokenizer.train(texts, TokenizerConfig(kind="word", lowercase=True))
     figures: dict[str, float | str] = {
-        "corpus": str(source), "threads": torch.get_num_threads(), "pooling": pooling
+        "corpus": str(source), "threads": torch.get_num_threads(), "pooling": pooling,
+        "embedding_updates": "lazy" if lazy_updates else "dense",
     }
 
     chunk = texts[:20000]
@@ -93,7 +97,8 @@ def run_bench(
         store.collate(b, labels) for b in bucket_batches(store.lengths.tolist(), batch_size, seed=1)
     ]
     model = TextClassifier(tokenizer.vocab_size, 2, embedding_dim=embedding_dim,
-                           hidden_size=hidden_size, pooling=pooling)
+                           hidden_size=hidden_size, pooling=pooling,
+                           sparse_embedding=lazy_updates)
     config = TrainConfig(lr=1e-3, clip=5.0)
     optimizer = make_optimizer(model, config)  # and `update`: the step `nlpseq train` takes
     probe = torch.zeros(1, 1, embedding_dim)

@@ -186,6 +186,11 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
               type=click.Choice(POOLINGS),
               help="Head of the benchmarked classifier; `last` (final states of both "
                    "directions) is the plain PyTorch peer's model.")
+@click.option("--embedding-updates", type=click.Choice(["lazy", "dense"]), default="lazy",
+              show_default=True,
+              help="How Adam updates the embedding table: `lazy` (only the rows each batch "
+                   "uses, as the sentiment pipelines train: embeddings.lazy_updates) or "
+                   "`dense` (every row on every step, as the plain PyTorch peer).")
 @click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")
 @click.option("--threads", default=0, help="torch CPU threads (0 = default).")
 @click.option("--run", "run_dir", default="",
@@ -195,8 +200,9 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 @click.option("--length", default=1000, show_default=True,
               help="Characters per sample with --run on a chargen run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str, seconds: float,
-          threads: int, run_dir: str, input_file: str, length: int, as_json: bool) -> None:
+def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,
+          embedding_updates: str, seconds: float, threads: int, run_dir: str, input_file: str,
+          length: int, as_json: bool) -> None:
     """Measure text-stage, training and inference throughput against the matmul rate."""
     from nlpseq.bench import run_bench, run_inference_bench
 
@@ -205,7 +211,8 @@ def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str, seconds
                                       threads=threads)
     else:
         figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
-                            seconds=seconds, threads=threads, pooling=pooling)
+                            seconds=seconds, threads=threads, pooling=pooling,
+                            lazy_updates=embedding_updates == "lazy")
     if as_json:
         click.echo(json.dumps(figures))
     else:

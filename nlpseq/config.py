@@ -79,6 +79,10 @@ class EmbeddingsConfig:
     # Add the N most frequent words of the embeddings file to the vocabulary, with their
     # vectors kept fixed, so words never seen in training still get a pretrained vector.
     extend_vocab: int = 0
+    # Update only the embedding rows each batch uses (Adam/AdamW; sentiment and ner): the
+    # semantics of torch's SparseAdam / TF's LazyAdam; much less work per step for a large
+    # vocabulary. Off: dense Adam, which also moves unused rows by their momentum.
+    lazy_updates: bool = False
     cache_dir: str = "${NLPSEQ_CACHE:-~/.cache/nlpseq}"
 
 
@@ -427,7 +431,18 @@ def config_from_dict(
         if not isinstance(values, dict):
             raise NlpseqError(f"section {section} must be a mapping", path, lines.get(section))
         built[section] = _build_section(cls, values, section, path, lines, overridden)
-    return PipelineConfig(**built, source=str(path or ""))
+    config = PipelineConfig(**built, source=str(path or ""))
+    if config.embeddings.lazy_updates:
+        key = "embeddings.lazy_updates"
+        where = (path, lines.get(key))
+        if key in overridden:
+            key, where = f"--set {key}", (None, None)
+        if task not in ("sentiment", "ner"):
+            raise NlpseqError(f"{key}: only sentiment and ner models update word embeddings "
+                              f"lazily, not {task}", *where)
+        if config.train.optimizer == "sgd":
+            raise NlpseqError(f"{key} needs train.optimizer adam or adamw, not sgd", *where)
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:

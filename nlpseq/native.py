@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).resolve().parent / "csrc" / name
-                for name in ("lstm.cpp", "dropout.cpp"))
+                for name in ("lstm.cpp", "dropout.cpp", "optim.cpp"))
 _state: dict[str, bool] = {}
 
 

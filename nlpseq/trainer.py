@@ -26,6 +26,7 @@ from torch import nn
 from nlpseq import checkpoint as ckpt
 from nlpseq.config import PipelineConfig, TrainConfig, save_config
 from nlpseq.errors import NlpseqError
+from nlpseq.optim import Adam, native_ok
 from nlpseq.tasks import task_class
 from nlpseq.tasks.base import Log, Task
 
@@ -136,23 +137,20 @@ def slow_path_warnings(config: PipelineConfig, device: torch.device) -> list[str
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The configured optimizer, as one fused kernel per step where torch has one.
-
-    On CPU, torch's default Adam loops over parameters op by op; for a model whose embedding
-    table is most of its weights, that loop was a third of a training step. The fused kernel
-    makes one pass over each tensor (same update, up to rounding).
-    """
+    """The configured optimizer: Adam / AdamW as :class:`nlpseq.optim.Adam` (one native pass
+    over all CPU tensors per step; lazy updates for sparse embedding gradients), SGD as
+    torch's fused kernel where it has one."""
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and all(
-        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
-    )
     if config.optimizer == "sgd":
+        fused = bool(params) and all(
+            p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+        )
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
             fused=fused,
         )
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                decoupled_weight_decay=config.optimizer == "adamw")
 
 
 def update(
@@ -171,17 +169,25 @@ def update(
 def clip_gradients(model: nn.Module, clip: float) -> None:
     """Scale all gradients so that their global L2 norm is at most ``clip``.
 
-    Same result as ``nn.utils.clip_grad_norm_``, which multiplies every gradient on every step
-    (by 1.0 when under the limit) to avoid a device sync; on CPU the sync is free and the
-    multiply is not, so it is skipped when there is nothing to clip.
+    Same result as ``nn.utils.clip_grad_norm_``. On CPU the norm is one native call and the
+    multiply is skipped when there is nothing to clip (elsewhere it always runs, by at most 1,
+    to avoid a device sync). A sparse gradient (lazy embedding updates) counts its stored rows.
     """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
         return
+    grads = [p.grad for p in params]
+    if native_ok(grads):  # one native call and plain floats: each small tensor op costs
+        scale = clip / (math.sqrt(torch.ops.nlpseq.sum_squares(grads)) + 1e-6)
+        if scale < 1.0:
+            torch._foreach_mul_([g._values() if g.is_sparse else g for g in grads], scale)
+        return
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # each row once, so its values give the norm
+    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    scale = (clip / (norm + 1e-6)).clamp(max=1.0)
-    if grads[0].device.type != "cpu" or not bool(scale >= 1.0):
-        torch._foreach_mul_(grads, scale)
+    torch._foreach_mul_(grads, (clip / (norm + 1e-6)).clamp(max=1.0))
 
 
 def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:

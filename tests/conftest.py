@@ -64,7 +64,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
         "dev": write_tsv(base / "dev.tsv", sentences(2, 8)),
     }
     # Selecting on dev loss keeps the last (best-fitted) epoch; accuracy saturates early.
-    config = load_config(write_pipeline(base, data, epochs=8), ["eval.metric=loss"])
+    # Lazy embedding updates, as the shipped sentiment pipelines train.
+    config = load_config(write_pipeline(base, data, epochs=8),
+                         ["eval.metric=loss", "embeddings.lazy_updates=true"])
     result = train(config, base / "run", log=lambda _m: None, progress=False)
     assert result.metrics["dev"]["accuracy"] == 100.0, result.history
     return TrainedRun(base / "run", data, result.task.predict(PROBES))

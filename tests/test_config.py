@@ -64,6 +64,20 @@ def test_bad_values(tmp_path, text, message):
         load_config(write(tmp_path, text))
 
 
+def test_lazy_embedding_updates_need_adam_and_word_embeddings(tmp_path):
+    lazy = "embeddings:\n  lazy_updates: true\n"
+    assert load_config(write(tmp_path, "task: ner\n" + lazy)).embeddings.lazy_updates
+    path = write(tmp_path, "task: sentiment\n" + lazy + "train:\n  optimizer: sgd\n")
+    with pytest.raises(NlpseqError, match="lazy_updates needs train.optimizer adam") as err:
+        load_config(path)
+    assert (err.value.path, err.value.line) == (str(path), 3)
+    with pytest.raises(NlpseqError, match="only sentiment and ner") as err:
+        load_config(write(tmp_path, "task: chargen\n" + lazy))
+    with pytest.raises(NlpseqError, match="--set") as err:
+        load_config(write(tmp_path, "task: translate\n"), ["embeddings.lazy_updates=true"])
+    assert err.value.path is None
+
+
 def test_invalid_yaml_names_line(tmp_path):
     path = write(tmp_path, "task: sentiment\ntrain:\n  lr: [1\n")
     with pytest.raises(NlpseqError, match="invalid YAML") as err:

@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny import write_pipeline
 
 
-def test_two_ranks_end_with_identical_weights(tmp_path, corpus):
-    pipeline = write_pipeline(tmp_path, corpus, epochs=2)
+@pytest.mark.parametrize("lazy", [False, True])  # True: sparse embedding gradients
+def test_two_ranks_end_with_identical_weights(tmp_path, corpus, lazy):
+    pipeline = write_pipeline(tmp_path, corpus, epochs=2, lazy=lazy)
     dump = tmp_path / "dump"
     dump.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}

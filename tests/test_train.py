@@ -45,13 +45,14 @@ def test_refuses_to_overwrite_a_run(pipeline, tmp_path):
         run(pipeline, tmp_path / "run", "train.epochs=1")
 
 
-@pytest.mark.parametrize("ema", ["0", "0.9"])
-def test_resume_with_more_epochs_continues(pipeline, tmp_path, ema):
-    straight = run(pipeline, tmp_path / "straight", "train.epochs=4", f"train.ema={ema}")
-    run(pipeline, tmp_path / "resumed", "train.epochs=2", f"train.ema={ema}")
+@pytest.mark.parametrize("ema, lazy", [("0", "false"), ("0.9", "false"), ("0", "true")])
+def test_resume_with_more_epochs_continues(pipeline, tmp_path, ema, lazy):
+    options = [f"train.ema={ema}", f"embeddings.lazy_updates={lazy}"]
+    straight = run(pipeline, tmp_path / "straight", "train.epochs=4", *options)
+    run(pipeline, tmp_path / "resumed", "train.epochs=2", *options)
     assert len(ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)) == 2
     resumed = run(pipeline, tmp_path / "resumed", "train.epochs=4", "train.resume=true",
-                  f"train.ema={ema}")
+                  *options)
     history = ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]

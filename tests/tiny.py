@@ -56,12 +56,16 @@ train:
 
 def write_pipeline(
     directory: Path, corpus: dict[str, Path], *, epochs: int = 6, cell: str = "lstm",
-    pooling: str = "max-mean", name: str = "pipeline.yaml",
+    pooling: str = "max-mean", name: str = "pipeline.yaml", lazy: bool = False,
 ) -> Path:
-    """A tiny sentiment pipeline YAML over ``corpus`` (one CPU thread, 8-unit model)."""
+    """A tiny sentiment pipeline YAML over ``corpus`` (one CPU thread, 8-unit model);
+    ``lazy``: lazy embedding updates."""
     path = directory / name
-    path.write_text(PIPELINE.format(train=corpus["train"], dev=corpus["dev"], epochs=epochs,
-                                    cell=cell, pooling=pooling), encoding="utf-8")
+    text = PIPELINE.format(train=corpus["train"], dev=corpus["dev"], epochs=epochs, cell=cell,
+                           pooling=pooling)
+    if lazy:
+        text += "embeddings:\n  lazy_updates: true\n"
+    path.write_text(text, encoding="utf-8")
     return path
 
 

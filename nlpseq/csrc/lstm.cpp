@@ -120,17 +120,29 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
                        at::Tensor& w, at::Tensor& xh, at::Tensor& acts, at::Tensor& cells) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
-  w.narrow(1, 0, I).copy_(w_ih);  // w = [W_ih W_hh] (4H, I+H), kept for the backward pass
-  w.narrow(1, I, H).copy_(w_hh);
+  // Plain copies: each tensor op costs microseconds of dispatch, and these are small.
+  const float* wip = w_ih.data_ptr<float>();
+  const float* whp = w_hh.data_ptr<float>();
+  float* wp = w.data_ptr<float>();  // w = [W_ih W_hh] (4H, I+H), kept for the backward pass
+  for (int64_t g = 0; g < G; ++g) {
+    std::copy(wip + g * I, wip + (g + 1) * I, wp + g * K);
+    std::copy(whp + g * H, whp + (g + 1) * H, wp + g * K + I);
+  }
   at::Tensor w_t = w.t();  // (I+H, 4H)
-  at::Tensor bias = (b_ih + b_hh).contiguous();
-  xh.narrow(2, 0, I).copy_(x);
-  at::Tensor c = at::zeros({B, H}, x.options());
+  std::vector<float> bias(G);
+  const float* bip = b_ih.data_ptr<float>();
+  const float* bhp = b_hh.data_ptr<float>();
+  for (int64_t g = 0; g < G; ++g) bias[g] = bip[g] + bhp[g];
+  const float* xsrc = x.data_ptr<float>();
+  for (int64_t row = 0; row < B * T; ++row) {
+    std::copy(xsrc + row * I, xsrc + (row + 1) * I, xh.data_ptr<float>() + row * K);
+  }
+  std::vector<float> c(B * H, 0.0f);
   at::Tensor rec = at::empty({B, G}, x.options());
   const float* rp = rec.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
+  const float* bp = bias.data();
   float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
-  float* cp = c.data_ptr<float>();
+  float* cp = c.data();
   float* xp = xh.data_ptr<float>();
   float* op = out.data_ptr<float>() + d * H;
   float* ap = acts.data_ptr<float>();
@@ -211,9 +223,16 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
       std::copy(dxhp + b * K + I, dxhp + (b + 1) * K, dhp + b * H);
     }
   }
-  at::Tensor dw = at::mm(dgates.view({B * T, G}).t(), xh.view({B * T, K}));  // (4H, I+H)
-  dw_ih.copy_(dw.narrow(1, 0, I));
-  dw_hh.copy_(dw.narrow(1, I, H));
+  // [dW_ih dW_hh]^T = [x h]^T dgates (I+H, 4H): this orientation of the product runs faster
+  // than dgates^T [x h] here; the transpose is written straight into the two gradients.
+  const at::Tensor dw_t = at::mm(xh.view({B * T, K}).t(), dgates.view({B * T, G}));
+  const float* src = dw_t.data_ptr<float>();
+  float* dip = dw_ih.data_ptr<float>();
+  float* dwhp = dw_hh.data_ptr<float>();
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t k = 0; k < I; ++k) dip[g * I + k] = src[k * G + g];
+    for (int64_t k = 0; k < H; ++k) dwhp[g * H + k] = src[(I + k) * G + g];
+  }
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& lengths, at::TensorList w_ih,
@@ -243,8 +262,9 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
     for (int64_t d = begin; d < end; ++d) {
       at::Tensor w_d = w[d], xh_d = xh[d], acts_d = acts[d], cells_d = cells[d];
-      forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d], w_hh[d], b_ih[d],
-                        b_hh[d], out, final, w_d, xh_d, acts_d, cells_d);
+      forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
+                        w_hh[d].contiguous(), b_ih[d].contiguous(), b_hh[d].contiguous(), out,
+                        final, w_d, xh_d, acts_d, cells_d);
     }
   });
   return {out, final, w, xh, acts, cells};

@@ -37,6 +37,7 @@ class TextClassifier(nn.Module):
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
         fixed_vectors: Tensor | int | None = None,
+        sparse_embedding: bool = False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -45,7 +46,7 @@ class TextClassifier(nn.Module):
             vocab_size, embedding_dim, hidden_size, cell=cell, layers=layers,
             bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
             pretrained=pretrained, freeze_embeddings=freeze_embeddings,
-            fixed_vectors=fixed_vectors,
+            fixed_vectors=fixed_vectors, sparse_embedding=sparse_embedding,
         )
         size = self.encoder.output_size
         self.pooling = pooling

@@ -114,11 +114,15 @@ class RecurrentEncoder(nn.Module):
         freeze_embeddings: bool = False,
         extra_dim: int = 0,
         fixed_vectors: Tensor | int | None = None,
+        sparse_embedding: bool = False,
     ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        # sparse: the table's gradient holds only the rows a batch used, which nlpseq's Adam
+        # updates lazily (nlpseq.optim); the weights and checkpoints are the same either way.
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx,
+                                      sparse=sparse_embedding)
         if pretrained is not None:
             with torch.no_grad():
                 self.embedding.weight.copy_(pretrained)
@@ -164,7 +168,7 @@ class RecurrentEncoder(nn.Module):
         """``embedded`` (B, T, E), when given, replaces ``self.embed(ids)``."""
         lengths = lengths.to(ids.device)
         steps = ids.size(1)
-        ragged = bool((lengths != steps).any())
+        ragged: bool | None = None  # whether any row is padded; found when first needed
         x = self.embed(ids) if embedded is None else embedded  # (B, T, E)
         if extra is not None:
             x = torch.cat([x, extra], dim=-1)  # (B, T, E + E2)
@@ -177,6 +181,8 @@ class RecurrentEncoder(nn.Module):
                 x, final = native.lstm_layer(rnn, x, lengths)  # (B, T, D), (B, D)
                 continue
             final = None
+            if ragged is None:
+                ragged = bool((lengths != steps).any())
             if not ragged or not self.bidirectional:
                 # Forward direction only sees padding after the real tokens: safe.
                 x, _ = rnn(x)  # (B, T, D)

@@ -129,6 +129,7 @@ class SequenceTagger(nn.Module):
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
         frozen_vectors: Tensor | None = None,
+        sparse_embedding: bool = False,
     ):
         super().__init__()
         if output not in ("crf", "softmax"):
@@ -157,6 +158,7 @@ class SequenceTagger(nn.Module):
             vocab_size, embedding_dim, hidden_size, cell=cell, layers=layers,
             bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
             pretrained=pretrained, freeze_embeddings=freeze_embeddings, extra_dim=extra_dim,
+            sparse_embedding=sparse_embedding,
         )
         self.dropout = Dropout(dropout)
         self.output = nn.Linear(self.encoder.output_size, num_tags)

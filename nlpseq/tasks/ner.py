@@ -273,6 +273,7 @@ class NerTask(Task):
             casing_dim=m.casing_dim, output=m.output, constraints=constraints,
             pretrained=matrix, freeze_embeddings=emb.freeze and matrix is not None,
             frozen_vectors=self.vectors if m.frozen_vectors else None,
+            sparse_embedding=emb.lazy_updates,
         )
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TaggerBatch]:

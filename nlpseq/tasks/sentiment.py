@@ -136,6 +136,7 @@ class SentimentTask(Task):
             embedding_dropout=m.embedding_dropout, pooling=m.pooling,
             word_dropout=m.word_dropout, adversarial=m.adversarial, unk_id=UNK, pretrained=matrix,
             freeze_embeddings=emb.freeze and matrix is not None,
+            sparse_embedding=emb.lazy_updates,
         )
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
