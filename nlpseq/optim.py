@@ -11,6 +11,8 @@ likewise applies to the used rows only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim.adam import adam as torch_adam
 
@@ -44,15 +46,17 @@ class Adam(torch.optim.Adam):
                 p.grad = None
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch's
+    def step(self, closure=None, max_norm: float = 0.0):
+        """One step (``closure`` as torch's). ``max_norm`` > 0 first clips the gradients of
+        all groups to that global L2 norm, as ``clip_grad_norm_`` (on the native path inside
+        the same call, without writing the clipped gradients back)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             for p in params:
                 if not self.state[p]:  # as torch's Adam initialises it
                     self.state[p].update(
@@ -60,37 +64,51 @@ class Adam(torch.optim.Adam):
                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
                     )
+            if params:
+                groups.append((group, params))
+        everything = [p for _, params in groups for p in params]
+        if not native_ok(everything) or any(g["amsgrad"] or g["maximize"] for g, _ in groups):
+            if max_norm > 0:
+                clip_grads_(everything, max_norm)
+            for group, params in groups:
+                self._torch_step(group, params)
+            return loss
+        scale = 1.0
+        if max_norm > 0 and len(groups) > 1:  # one norm over all groups, then each group
+            norm = math.sqrt(torch.ops.nlpseq.sum_squares([p.grad for p in everything]))
+            scale, max_norm = min(1.0, max_norm / (norm + 1e-6)), 0.0
+        for group, params in groups:
             states = [self.state[p] for p in params]
-            tensors = ([p.grad for p in params], [s["exp_avg"] for s in states],
-                       [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
-            self._update(group, params, *tensors)
+            beta1, beta2 = group["betas"]
+            torch.ops.nlpseq.adam_step(
+                params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
+                grad_scale=scale, max_norm=max_norm,
+            )
         return loss
 
-    def _update(self, group, params, grads, avgs, squares, steps) -> None:
-        beta1, beta2 = group["betas"]
-        if native_ok(params) and not group["amsgrad"] and not group["maximize"]:
-            torch.ops.nlpseq.adam_step(
-                params, grads, avgs, squares, steps, lr=float(group["lr"]), beta1=float(beta1),
-                beta2=float(beta2), eps=group["eps"], weight_decay=group["weight_decay"],
-                decoupled=group["decoupled_weight_decay"],
-            )
-            return
-        # Elsewhere (CUDA, float16, no native library): torch's kernels, on the used rows of
-        # tables with a sparse gradient.
-        grads = [g.coalesce() if g.is_sparse else g for g in grads]  # each row once
+    def _torch_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        """torch's kernels (CUDA, float16, no native library), on the used rows of tables
+        with a sparse gradient."""
+        states = [self.state[p] for p in params]
+        grads = [p.grad.coalesce() if p.grad.is_sparse else p.grad for p in params]
         rows = [g._indices()[0] if g.is_sparse else None for g in grads]
-        grads = [g._values() if g.is_sparse else g for g in grads]
-        picked = [(p, a, s) if r is None else (p[r], a[r], s[r])
-                  for p, a, s, r in zip(params, avgs, squares, rows)]
+        picked = [(p, s["exp_avg"], s["exp_avg_sq"]) if r is None else
+                  (p[r], s["exp_avg"][r], s["exp_avg_sq"][r])
+                  for p, s, r in zip(params, states, rows)]
+        beta1, beta2 = group["betas"]
         torch_adam(
-            [x[0] for x in picked], grads, [x[1] for x in picked], [x[2] for x in picked], [],
-            steps, amsgrad=group["amsgrad"], maximize=group["maximize"], has_complex=False,
+            [x[0] for x in picked], [g._values() if g.is_sparse else g for g in grads],
+            [x[1] for x in picked], [x[2] for x in picked], [], [s["step"] for s in states],
+            amsgrad=group["amsgrad"], maximize=group["maximize"], has_complex=False,
             decoupled_weight_decay=group["decoupled_weight_decay"], beta1=beta1, beta2=beta2,
             lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
         )
-        for (p, a, s, r), (pr, ar, sr) in zip(zip(params, avgs, squares, rows), picked):
+        for p, s, r, (pr, ar, sr) in zip(params, states, rows, picked):
             if r is not None:
-                p[r], a[r], s[r] = pr, ar, sr
+                p[r], s["exp_avg"][r], s["exp_avg_sq"][r] = pr, ar, sr
 
 
 def native_ok(tensors: list[torch.Tensor]) -> bool:
@@ -102,3 +120,27 @@ def native_ok(tensors: list[torch.Tensor]) -> bool:
         and native.load()
     )
 
+
+def clip_grads_(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale the gradients of ``params`` so that their global L2 norm is at most
+    ``max_norm``, in place (as ``nn.utils.clip_grad_norm_``; a sparse gradient counts its
+    rows once each).
+
+    On CPU the norm is one native call and the multiply is skipped when nothing is clipped;
+    elsewhere it always runs (by at most 1), which avoids a device sync.
+    """
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    if native_ok(grads):
+        scale = max_norm / (math.sqrt(torch.ops.nlpseq.sum_squares(grads)) + 1e-6)
+        if scale < 1.0:
+            torch._foreach_mul_([g._values() if g.is_sparse else g for g in grads], scale)
+        return
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # each row once, so its values give the norm
+    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))

@@ -26,7 +26,7 @@ from torch import nn
 from nlpseq import checkpoint as ckpt
 from nlpseq.config import PipelineConfig, TrainConfig, save_config
 from nlpseq.errors import NlpseqError
-from nlpseq.optim import Adam, native_ok
+from nlpseq.optim import Adam, clip_grads_
 from nlpseq.tasks import task_class
 from nlpseq.tasks.base import Log, Task
 
@@ -158,36 +158,21 @@ def update(
     clip: float,
 ) -> None:
     """One optimizer step on the mean of a summed ``loss`` over ``count`` items, with the
-    gradient norm clipped to ``clip`` (0 = off)."""
+    gradient norm clipped to ``clip`` (0 = off; nlpseq's Adam clips inside its step)."""
     optimizer.zero_grad(set_to_none=True)
     (loss / max(count, 1)).backward()
+    if isinstance(optimizer, Adam):
+        optimizer.step(max_norm=clip)
+        return
     if clip > 0:
         clip_gradients(model, clip)
     optimizer.step()
 
 
 def clip_gradients(model: nn.Module, clip: float) -> None:
-    """Scale all gradients so that their global L2 norm is at most ``clip``.
-
-    Same result as ``nn.utils.clip_grad_norm_``. On CPU the norm is one native call and the
-    multiply is skipped when there is nothing to clip (elsewhere it always runs, by at most 1,
-    to avoid a device sync). A sparse gradient (lazy embedding updates) counts its stored rows.
-    """
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return
-    grads = [p.grad for p in params]
-    if native_ok(grads):  # one native call and plain floats: each small tensor op costs
-        scale = clip / (math.sqrt(torch.ops.nlpseq.sum_squares(grads)) + 1e-6)
-        if scale < 1.0:
-            torch._foreach_mul_([g._values() if g.is_sparse else g for g in grads], scale)
-        return
-    for p in params:
-        if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()  # each row once, so its values give the norm
-    grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (clip / (norm + 1e-6)).clamp(max=1.0))
+    """Scale all gradients of ``model`` so that their global L2 norm is at most ``clip``
+    (:func:`nlpseq.optim.clip_grads_`)."""
+    clip_grads_(list(model.parameters()), clip)
 
 
 def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:

@@ -148,3 +148,35 @@ def test_sum_squares_is_exact_to_rounding():
     expected = sum(float(t.double().square().sum()) for t in dense)
     expected += float(sparse.coalesce()._values().double().square().sum())
     assert torch.ops.nlpseq.sum_squares([*dense, sparse]) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])
+def test_step_with_max_norm_is_clip_then_step(native, sparse, groups, max_norm, monkeypatch):
+    """``step(max_norm=c)`` (clipping inside the native call) = ``clip_gradients`` then
+    ``step()``, over one norm for all parameter groups."""
+    if not native:
+        monkeypatch.setattr(optim, "native_ok", lambda tensors: False)
+    results = []
+    for inside in (True, False, None):  # None: no clipping at all
+        model = Tiny(sparse=sparse)
+        params = list(model.parameters())
+        split = [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}]
+        optimizer = Adam(split if groups == 2 else params, lr=0.01)
+        for ids in batches(3):
+            optimizer.zero_grad()
+            model.loss(ids).backward()
+            if inside is None:
+                optimizer.step()
+            elif inside:
+                optimizer.step(max_norm=max_norm)
+            else:
+                clip_gradients(model, max_norm)
+                optimizer.step()
+        results.append([p.detach().clone() for p in params])
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    clipped = any(not torch.allclose(a, b) for a, b in zip(results[0], results[2]))
+    assert clipped == (max_norm < 1)

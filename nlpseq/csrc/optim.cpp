@@ -107,18 +107,43 @@ std::vector<Span> split(const std::vector<Grad>& grads) {
   return spans;
 }
 
+// The sum of the squares of all elements (accumulated in double).
+double sum_of_squares(const std::vector<Grad>& grads) {
+  const std::vector<Span> spans = split(grads);
+  std::vector<double> partial(spans.size(), 0.0);
+  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const Grad& grad = grads[spans[s].grad];
+      const int64_t w = grad.unit_width();
+      const float* x = grad.values.data_ptr<float>();
+      const int64_t first = spans[s].begin * w, last = spans[s].end * w;
+      // 16 independent partial sums: vectorises, and keeps rounding small
+      float lanes[16] = {0.0f};
+      int64_t k = first;
+      for (; k + 16 <= last; k += 16) {
+        for (int64_t j = 0; j < 16; ++j) lanes[j] += x[k + j] * x[k + j];
+      }
+      double total = 0.0;
+      for (; k < last; ++k) total += static_cast<double>(x[k]) * x[k];
+      for (float lane : lanes) total += lane;
+      partial[s] = total;
+    }
+  });
+  return std::accumulate(partial.begin(), partial.end(), 0.0);
+}
+
 // Per tensor: the scalars of one Adam step at that tensor's step count.
 struct Coeffs {
-  float beta1, beta2, eps, l2, decay, step_size, bias2_sqrt;
+  float scale, beta1, beta2, eps, l2, decay, step_size, bias2_sqrt;
 };
 
-// n elements: p param, g gradient, m first and v second moment (as torch's Adam: decoupled
-// decay scales p by 1 - lr * wd, L2 adds wd * p to the gradient).
+// n elements: p param, g gradient (times c.scale), m first and v second moment (as torch's
+// Adam: decoupled decay scales p by 1 - lr * wd, L2 adds wd * p to the gradient).
 void adam_run(float* __restrict p, const float* __restrict g, float* __restrict m,
               float* __restrict v, int64_t n, const Coeffs& c) {
   for (int64_t k = 0; k < n; ++k) {
     const float param = p[k] * c.decay;
-    const float grad = g[k] + c.l2 * p[k];
+    const float grad = g[k] * c.scale + c.l2 * p[k];
     const float mk = m[k] + (1.0f - c.beta1) * (grad - m[k]);
     const float vk = c.beta2 * v[k] + (1.0f - c.beta2) * grad * grad;
     m[k] = mk;
@@ -127,17 +152,19 @@ void adam_run(float* __restrict p, const float* __restrict g, float* __restrict 
   }
 }
 
-// One Adam (decoupled = AdamW) step. A sparse grads[t] updates only the rows it holds, and
+// One Adam (decoupled = AdamW) step on the gradients times grad_scale, first clipped to
+// global L2 norm max_norm when that is > 0 (as clip_grad_norm_); returns their norm before
+// clipping (0 when not clipping). A sparse grads[t] updates only the rows it holds, and
 // their moments. steps[t], tensor t's step count (a 0-d float tensor, as torch's Adam keeps
-// it), is incremented here and gives the bias corrections.
-void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-               at::TensorList exp_avg_sqs, at::TensorList steps, double lr, double beta1,
-               double beta2, double eps, double weight_decay, bool decoupled) {
+// it), is incremented here and gives the bias corrections. The gradients are not modified.
+double adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                 at::TensorList exp_avg_sqs, at::TensorList steps, double lr, double beta1,
+                 double beta2, double eps, double weight_decay, bool decoupled,
+                 double grad_scale, double max_norm) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
               steps.size() == n, "adam_step: lists differ in length");
   std::vector<Grad> g(n);
-  std::vector<Coeffs> coeffs(n);
   for (size_t t = 0; t < n; ++t) {
     const at::Tensor& p = params[t];
     TORCH_CHECK(p.scalar_type() == at::kFloat && p.device().is_cpu() && p.is_contiguous() &&
@@ -152,11 +179,20 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                 "adam_step: gradient ", t, " does not match its parameter's shape");
     TORCH_CHECK(steps[t].numel() == 1 && steps[t].scalar_type() == at::kFloat &&
                 steps[t].device().is_cpu(), "adam_step: steps must be 0-d float32 CPU tensors");
+  }
+  double norm = 0.0, scale = grad_scale;
+  if (max_norm > 0.0) {
+    norm = std::sqrt(sum_of_squares(g)) * grad_scale;
+    scale *= std::min(1.0, max_norm / (norm + 1e-6));
+  }
+  std::vector<Coeffs> coeffs(n);
+  for (size_t t = 0; t < n; ++t) {
     float* count = steps[t].data_ptr<float>();
     *count += 1.0f;
     const double bias1 = 1.0 - std::pow(beta1, static_cast<double>(*count));
     const double bias2 = 1.0 - std::pow(beta2, static_cast<double>(*count));
-    coeffs[t] = {static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(eps),
+    coeffs[t] = {static_cast<float>(scale), static_cast<float>(beta1),
+                 static_cast<float>(beta2), static_cast<float>(eps),
                  decoupled ? 0.0f : static_cast<float>(weight_decay),
                  decoupled ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f,
                  static_cast<float>(lr / bias1), static_cast<float>(std::sqrt(bias2))};
@@ -182,34 +218,15 @@ void adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp_a
       }
     }
   });
+  return norm;
 }
 
-// The sum of the squares of all elements of all tensors (accumulated in double); a sparse
-// tensor counts each row's summed values once.
+// The sum of the squares of all elements of all tensors; a sparse tensor counts each row's
+// summed values once.
 double sum_squares(at::TensorList tensors) {
   std::vector<Grad> g;
   for (const at::Tensor& x : tensors) g.push_back(gather(x));
-  const std::vector<Span> spans = split(g);
-  std::vector<double> partial(spans.size(), 0.0);
-  at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      const Grad& grad = g[spans[s].grad];
-      const int64_t w = grad.unit_width();
-      const float* x = grad.values.data_ptr<float>();
-      const int64_t first = spans[s].begin * w, last = spans[s].end * w;
-      // 16 independent partial sums: vectorises, and keeps rounding small
-      float lanes[16] = {0.0f};
-      int64_t k = first;
-      for (; k + 16 <= last; k += 16) {
-        for (int64_t j = 0; j < 16; ++j) lanes[j] += x[k + j] * x[k + j];
-      }
-      double total = 0.0;
-      for (; k < last; ++k) total += static_cast<double>(x[k]) * x[k];
-      for (float lane : lanes) total += lane;
-      partial[s] = total;
-    }
-  });
-  return std::accumulate(partial.begin(), partial.end(), 0.0);
+  return sum_of_squares(g);
 }
 
 }  // namespace
@@ -217,7 +234,8 @@ double sum_squares(at::TensorList tensors) {
 TORCH_LIBRARY_FRAGMENT(nlpseq, m) {
   m.def("adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
         "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, float lr, float beta1, float beta2, "
-        "float eps, float weight_decay, bool decoupled) -> ()");
+        "float eps, float weight_decay, bool decoupled, float grad_scale, float max_norm) "
+        "-> float");
   m.def("sum_squares(Tensor[] tensors) -> float");
 }
 
