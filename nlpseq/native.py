@@ -1,11 +1,12 @@
-"""nlpseq's native CPU kernels (``csrc/``): the LSTM layer and dropout masks, compiled on first
-use.
+"""nlpseq's native CPU kernels (``csrc/``): the LSTM layer, dropout masks and the Adam step
+with clipping's norm, compiled on first use.
 
 The C++ sources are built once per source / torch / Python version with the system's C++
 compiler into a cache folder (``$NLPSEQ_CACHE`` or ``~/.cache/nlpseq``) and loaded as torch
 operators ``torch.ops.nlpseq.*``: no build step at install time and no pybind11. Where it
 cannot be built (no compiler, an unusual torch), :func:`load` warns once and returns False,
-and the models fall back to torch's own LSTM. ``NLPSEQ_NATIVE=0`` turns it off.
+and the models and optimizer fall back to torch's own kernels. ``NLPSEQ_NATIVE=0`` turns it
+off.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def load() -> bool:
         except Exception as error:  # any failure here only costs speed
             warnings.warn(
                 f"nlpseq: native CPU kernels unavailable ({error}); falling back to torch's "
-                "LSTM and numpy dropout masks, which are slower", RuntimeWarning, stacklevel=2,
+                "LSTM and Adam and numpy dropout masks, which are slower", RuntimeWarning,
+                stacklevel=2,
             )
     return _state["ok"]
 
