@@ -1,7 +1,9 @@
 """``nlpseq bench``: throughput of the text stages, sentiment training and inference, and the
 fraction of the machine's fp32 matmul rate that training reaches.
 
-Figures are medians over repeated timed rounds so a noisy, shared machine disturbs them less.
+Figures are medians over repeated timed rounds so a noisy, shared machine disturbs them less;
+training rounds alternate with matmul rounds and the fraction is the median of neighbouring
+rounds' ratios.
 """
 
 from __future__ import annotations
@@ -25,25 +27,40 @@ from nlpseq.trainer import make_optimizer, update
 DEMO = Path(__file__).resolve().parent.parent / "corpora" / "sentiment" / "train.tsv"
 
 
+def _rate(fn: Callable[[], float], seconds: float) -> float:
+    """Work per second of calling ``fn`` (which returns work done) for about ``seconds``."""
+    start, work = time.perf_counter(), 0.0
+    while True:
+        work += fn()
+        spent = time.perf_counter() - start
+        if spent >= seconds:
+            return work / spent
+
+
 def _rounds(fn: Callable[[], float], seconds: float, rounds: int = 5) -> list[float]:
-    """Call ``fn`` (which returns work done) repeatedly; rates per round, ``seconds`` in all."""
-    rates = []
+    """Rates of ``fn`` in ``rounds`` rounds, ``seconds`` in all."""
+    return [_rate(fn, seconds / rounds) for _ in range(rounds)]
+
+
+def _alternate(
+    first: Callable[[], float], second: Callable[[], float], seconds: tuple[float, float],
+    rounds: int = 5,
+) -> tuple[list[float], list[float]]:
+    """Rates of ``first`` and ``second`` in alternating rounds (``seconds`` in all for each),
+    so round k of one can be compared with round k of the other."""
+    rates: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        start, work = time.perf_counter(), 0.0
-        while True:
-            work += fn()
-            spent = time.perf_counter() - start
-            if spent >= seconds / rounds:
-                break
-        rates.append(work / spent)
+        rates[0].append(_rate(first, seconds[0] / rounds))
+        rates[1].append(_rate(second, seconds[1] / rounds))
     return rates
 
 
-def matmul_rate(seconds: float = 3.0, size: int = 1024) -> float:
-    """Median fp32 matmul FLOP/s at ``size`` x ``size``."""
+def _matmul(size: int = 1024) -> Callable[[], float]:
+    """One fp32 ``size`` x ``size`` matrix product per call; returns its FLOPs."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    return statistics.median(_rounds(lambda: (a @ b, 2.0 * size**3)[1], seconds))
+    return lambda: (a @ b, 2.0 * size**3)[1]
+
 
 
 def lstm_train_flops_per_token(embedding_dim: int, hidden: int, directions: int = 2) -> float:
@@ -115,7 +132,10 @@ def run_bench(
     model.train()
     for _ in range(5):
         train_step()
-    train_rate = statistics.median(_rounds(train_step, seconds))
+    # Training rounds alternate with matmul rounds, and the fraction is the median of each
+    # round's ratio to its neighbour: a shared machine's speed drifts within a minute.
+    train_rates, peaks = _alternate(train_step, _matmul(), (seconds, min(3.0, seconds / 4)))
+    train_rate = statistics.median(train_rates)
     figures["train_tokens_per_s"] = train_rate
 
     model.eval()
@@ -132,11 +152,11 @@ def run_bench(
         return batch.ids.size(0)
 
     figures["inference_sentences_per_s"] = statistics.median(_rounds(infer_step, seconds / 2))
-    peak = matmul_rate(seconds=min(3.0, seconds / 4))
-    flops = train_rate * lstm_train_flops_per_token(embedding_dim, hidden_size)
-    figures["matmul_gflops"] = peak / 1e9
-    figures["train_gflops"] = flops / 1e9
-    figures["train_fraction_of_matmul"] = flops / peak
+    per_token = lstm_train_flops_per_token(embedding_dim, hidden_size)
+    figures["matmul_gflops"] = statistics.median(peaks) / 1e9
+    figures["train_gflops"] = train_rate * per_token / 1e9
+    figures["train_fraction_of_matmul"] = statistics.median(
+        rate * per_token / peak for rate, peak in zip(train_rates, peaks))
     figures["text_over_train_tokens"] = figures["text_tokens_per_s"] / train_rate
     return figures
 
