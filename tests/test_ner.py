@@ -243,10 +243,11 @@ def test_cli_bad_input(ner_run, tmp_path):
     assert_one_line_error(invoke("predict", ner_run.run_dir, input=conll), "input:4:", "columns")
 
 
-@pytest.mark.parametrize("output, char_encoder", [("softmax", "lstm"), ("crf", "none")])
-def test_other_outputs_and_char_encoders_learn(tmp_path, output, char_encoder):
+@pytest.mark.parametrize("output, char_encoder, lazy", [
+    ("softmax", "lstm", "false"), ("crf", "none", "true")])
+def test_other_outputs_and_char_encoders_learn(tmp_path, output, char_encoder, lazy):
     config = load_config(write_pipeline(tmp_path, output=output, char_encoder=char_encoder,
-                                        epochs=30))
+                                        epochs=30), [f"embeddings.lazy_updates={lazy}"])
     result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
     assert result.metrics["dev"]["f1"] >= 90.0, result.history
 
