@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,8 +85,11 @@ class TokenStore:
     loops over examples (the text stages must never be what training waits for)."""
 
     def __init__(self, sequences: Sequence[Sequence[int]]):
-        self.lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-        self.flat = torch.tensor(list(itertools.chain.from_iterable(sequences)), dtype=torch.long)
+        # numpy reads Python ints from an iterator 3-4x faster than torch.tensor from a list
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64,
+                           count=int(lengths.sum()))
+        self.lengths, self.flat = torch.from_numpy(lengths), torch.from_numpy(flat)
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
 
     def __len__(self) -> int:
