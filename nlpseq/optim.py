@@ -38,6 +38,12 @@ class Adam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          decoupled_weight_decay=decoupled_weight_decay)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # whatever saved it: a 0-d float32 CPU count
+            if "step" in state:
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:
             return super().zero_grad(set_to_none=False)
@@ -67,7 +73,8 @@ class Adam(torch.optim.Adam):
             if params:
                 groups.append((group, params))
         everything = [p for _, params in groups for p in params]
-        if not native_ok(everything) or any(g["amsgrad"] or g["maximize"] for g, _ in groups):
+        if (not native_ok(everything) or not all(p.is_contiguous() for p in everything)
+                or any(g["amsgrad"] or g["maximize"] for g, _ in groups)):
             if max_norm > 0:
                 clip_grads_(everything, max_norm)
             for group, params in groups:

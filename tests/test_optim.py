@@ -180,3 +180,26 @@ def test_step_with_max_norm_is_clip_then_step(native, sparse, groups, max_norm, 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     clipped = any(not torch.allclose(a, b) for a, b in zip(results[0], results[2]))
     assert clipped == (max_norm < 1)
+
+
+def test_loads_any_step_count_and_non_contiguous_params_fall_back():
+    ids = batches(4)
+    model = Tiny(sparse=False)
+    optimizer = train(model, lambda p: Adam(p, lr=0.01), steps=ids[:2])
+    state = optimizer.state_dict()
+    for entry in state["state"].values():
+        entry["step"] = torch.tensor(2, dtype=torch.int64)  # as another writer might save it
+    again = Adam(model.parameters(), lr=0.01)
+    again.load_state_dict(state)
+    model.loss(ids[2]).backward()
+    again.step()
+    steps = {float(s["step"]) for s in again.state.values()}
+    assert steps == {3.0}
+    # a parameter that is a transposed view takes torch's path, with the same result
+    weight = nn.Parameter(torch.randn(3, 4).t())
+    reference = nn.Parameter(weight.detach().clone().contiguous())
+    for p in (weight, reference):
+        p.grad = torch.ones(4, 3)
+    Adam([weight], lr=0.1).step()
+    Adam([reference], lr=0.1).step()
+    torch.testing.assert_close(weight.detach(), reference.detach())
