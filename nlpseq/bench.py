@@ -62,7 +62,6 @@ def _matmul(size: int = 1024) -> Callable[[], float]:
     return lambda: (a @ b, 2.0 * size**3)[1]
 
 
-
 def lstm_train_flops_per_token(embedding_dim: int, hidden: int, directions: int = 2) -> float:
     """Matmul FLOPs of one BiLSTM layer per token, forward + backward (3x forward)."""
     forward = directions * 2 * 4 * hidden * (embedding_dim + hidden)

@@ -335,6 +335,16 @@ def _closest_hint(key: str, names: list[str], prefix: str = "") -> str:
             f"(valid: {', '.join(prefix + n for n in names)})")
 
 
+def _located(
+    key: str, path: str | None, lines: dict[str, int], overridden: frozenset[str]
+) -> tuple[str, str | None, int | None]:
+    """How an error names ``section.key``: with its file and line, or as ``--set`` when the
+    value came from the command line (pointing at the file line it replaced would mislead)."""
+    if key in overridden:
+        return f"--set {key}", None, None
+    return key, path, lines.get(key)
+
+
 def _build_section(
     cls: type, values: dict, section: str, path: str | None, lines: dict[str, int],
     overridden: frozenset[str] = frozenset(),
@@ -343,11 +353,7 @@ def _build_section(
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        where, where_path = f"{section}.{key}", path
-        line = lines.get(where)
-        if where in overridden:
-            # The value came from --set: pointing at the file line it replaced would mislead.
-            where, where_path, line = f"--set {where}", None, None
+        where, where_path, line = _located(f"{section}.{key}", path, lines, overridden)
         if key not in names:
             hint = _closest_hint(str(key), names, f"{section}.")
             raise NlpseqError(f"unknown key {section}.{key}{hint}", where_path, line)
@@ -433,10 +439,7 @@ def config_from_dict(
         built[section] = _build_section(cls, values, section, path, lines, overridden)
     config = PipelineConfig(**built, source=str(path or ""))
     if config.embeddings.lazy_updates:
-        key = "embeddings.lazy_updates"
-        where = (path, lines.get(key))
-        if key in overridden:
-            key, where = f"--set {key}", (None, None)
+        key, *where = _located("embeddings.lazy_updates", path, lines, overridden)
         if task not in ("sentiment", "ner"):
             raise NlpseqError(f"{key}: only sentiment and ner models update word embeddings "
                               f"lazily, not {task}", *where)

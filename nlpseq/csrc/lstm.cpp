@@ -133,9 +133,10 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   const float* bip = b_ih.data_ptr<float>();
   const float* bhp = b_hh.data_ptr<float>();
   for (int64_t g = 0; g < G; ++g) bias[g] = bip[g] + bhp[g];
+  float* xp = xh.data_ptr<float>();
   const float* xsrc = x.data_ptr<float>();
   for (int64_t row = 0; row < B * T; ++row) {
-    std::copy(xsrc + row * I, xsrc + (row + 1) * I, xh.data_ptr<float>() + row * K);
+    std::copy(xsrc + row * I, xsrc + (row + 1) * I, xp + row * K);
   }
   std::vector<float> c(B * H, 0.0f);
   at::Tensor rec = at::empty({B, G}, x.options());
@@ -143,7 +144,6 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   const float* bp = bias.data();
   float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
   float* cp = c.data();
-  float* xp = xh.data_ptr<float>();
   float* op = out.data_ptr<float>() + d * H;
   float* ap = acts.data_ptr<float>();
   float* sp = cells.data_ptr<float>();
@@ -180,16 +180,15 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
   at::Tensor dxh = at::empty({B, K}, xh.options());  // one step's gradient of [x_t h]
   // dL/dh carried backwards starts as the final state's gradient (the state after a row's
   // last step in this direction, which is where the backward pass begins for that row).
-  at::Tensor dh = at::zeros({B, H}, xh.options());
-  at::Tensor dc = at::zeros({B, H}, xh.options());
+  std::vector<float> dh(B * H, 0.0f), dc(B * H, 0.0f);
   // The cell before a direction's first step; also the output gradient when there is none.
   std::vector<float> zeros(H, 0.0f);
   const float* ap = acts.data_ptr<float>();
   const float* sp = cells.data_ptr<float>();
   const float* dxhp = dxh.data_ptr<float>();
   float* dp = dgates.data_ptr<float>();
-  float* dhp = dh.data_ptr<float>();
-  float* dcp = dc.data_ptr<float>();
+  float* dhp = dh.data();
+  float* dcp = dc.data();
   float* dxp = dx.data_ptr<float>();
   float* dbp = dbias.data_ptr<float>();
   std::fill(dbp, dbp + G, 0.0f);

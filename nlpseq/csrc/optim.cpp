@@ -29,7 +29,7 @@ struct Grad {
   at::Tensor values;  // contiguous
   bool sparse = false;
   std::vector<int64_t> rows;
-  int64_t width = 0;
+  int64_t width = 0;  // of a sparse gradient's rows
 
   // work is counted in elements of a dense gradient, rows of a sparse one
   int64_t units() const { return sparse ? static_cast<int64_t>(rows.size()) : values.numel(); }
@@ -42,7 +42,6 @@ Grad gather(const at::Tensor& grad) {
   Grad g;
   if (!grad.is_sparse()) {
     g.values = grad.contiguous();
-    g.width = g.values.numel();
     return g;
   }
   TORCH_CHECK(grad.sparse_dim() == 1 && grad.dense_dim() == 1,
@@ -53,10 +52,10 @@ Grad gather(const at::Tensor& grad) {
   const int64_t* ix = index.data_ptr<int64_t>();
   g.sparse = true;
   g.width = w;
-  g.rows.assign(ix, ix + n);
   bool unique_sorted = true;
   for (int64_t k = 1; k < n && unique_sorted; ++k) unique_sorted = ix[k - 1] < ix[k];
   if (unique_sorted) {
+    g.rows.assign(ix, ix + n);
     g.values = values;
     return g;
   }
@@ -70,7 +69,6 @@ Grad gather(const at::Tensor& grad) {
     keys[k] = (ix[k] << kPositionBits) | k;
   }
   std::sort(keys.begin(), keys.end());
-  g.rows.clear();
   for (int64_t key : keys) {
     if (g.rows.empty() || g.rows.back() != key >> kPositionBits) g.rows.push_back(key >> kPositionBits);
   }
@@ -107,9 +105,8 @@ std::vector<Span> split(const std::vector<Grad>& grads) {
   return spans;
 }
 
-// The sum of the squares of all elements (accumulated in double).
-double sum_of_squares(const std::vector<Grad>& grads) {
-  const std::vector<Span> spans = split(grads);
+// The sum of the squares of all elements (accumulated in double); spans = split(grads).
+double sum_of_squares(const std::vector<Grad>& grads, const std::vector<Span>& spans) {
   std::vector<double> partial(spans.size(), 0.0);
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
@@ -180,9 +177,10 @@ double adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp
     TORCH_CHECK(steps[t].numel() == 1 && steps[t].scalar_type() == at::kFloat &&
                 steps[t].device().is_cpu(), "adam_step: steps must be 0-d float32 CPU tensors");
   }
+  const std::vector<Span> spans = split(g);
   double norm = 0.0, scale = grad_scale;
   if (max_norm > 0.0) {
-    norm = std::sqrt(sum_of_squares(g)) * grad_scale;
+    norm = std::sqrt(sum_of_squares(g, spans)) * grad_scale;
     scale *= std::min(1.0, max_norm / (norm + 1e-6));
   }
   std::vector<Coeffs> coeffs(n);
@@ -197,7 +195,6 @@ double adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp
                  decoupled ? static_cast<float>(1.0 - lr * weight_decay) : 1.0f,
                  static_cast<float>(lr / bias1), static_cast<float>(std::sqrt(bias2))};
   }
-  const std::vector<Span> spans = split(g);
   at::parallel_for(0, static_cast<int64_t>(spans.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       const Span& span = spans[s];
@@ -226,7 +223,7 @@ double adam_step(at::TensorList params, at::TensorList grads, at::TensorList exp
 double sum_squares(at::TensorList tensors) {
   std::vector<Grad> g;
   for (const at::Tensor& x : tensors) g.push_back(gather(x));
-  return sum_of_squares(g);
+  return sum_of_squares(g, split(g));
 }
 
 }  // namespace
