@@ -4,6 +4,9 @@ sequences, padding-safe, used by the encoder, and a clean fallback where it cann
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +30,15 @@ def packed_reference(
 
 
 @needs_native
-@pytest.mark.parametrize("bidirectional, shape, threads", list(itertools.product(
-    [True, False], [(6, 7), (1, 1), (3, 1), (4, 12)], [1, 2])))
-def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads):
+@pytest.mark.parametrize("bidirectional, shape, threads, hidden", list(itertools.product(
+    [True, False], [(6, 7), (1, 1), (3, 1), (4, 12)], [1, 2], [7, 19])))
+def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads, hidden):
     batch, steps = shape
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(batch * 100 + steps)
-        rnn = nn.LSTM(9, 7, batch_first=True, bidirectional=bidirectional)
+        rnn = nn.LSTM(9, hidden, batch_first=True, bidirectional=bidirectional)
         x = torch.randn(batch, steps, 9, requires_grad=True)
         lengths = torch.randint(1, steps + 1, (batch,))
         lengths[0] = steps
@@ -59,6 +62,18 @@ def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads)
                 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     finally:
         torch.set_num_threads(previous)
+
+
+@needs_native
+def test_matches_torch_lstm_without_torchs_blas_symbol():
+    """NLPSEQ_TORCH_BLAS=0: the kernel's products go through at::mm, as on a torch build
+    that exports no BLAS; the comparison above runs again in a fresh process."""
+    test = f"{__file__}::test_matches_torch_lstm_outputs_and_gradients"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        env={**os.environ, "NLPSEQ_TORCH_BLAS": "0"}, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 @needs_native

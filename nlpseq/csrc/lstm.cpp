@@ -4,7 +4,8 @@
 // both directions one after the other and barely gains from a second thread. Here the two
 // directions' whole work -- each step's one product of [x_t h] with [W_ih W_hh], and in the
 // backward pass the weight gradients -- runs as two independent single-threaded tasks, and
-// each step's gate arithmetic is one fused, vectorised loop.
+// each step's gate arithmetic is one fused, vectorised loop. The products call torch's BLAS
+// directly (see `gemm`).
 //
 // Padding: a row is active at step t when t < length. An inactive row keeps its state (the
 // forward direction has finished; the backward one has not started, so it still holds the zero
@@ -23,8 +24,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#include <dlfcn.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -53,12 +62,82 @@ inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 inline float tanh_approx(float x) { return 1.0f - 2.0f / (exp_approx(2.0f * x) + 1.0f); }
 
+#if defined(__AVX512F__)
+// The same functions on 16 floats at once. Written out because the compiler, keeping IEEE
+// division, emits a divide per call (several times the cost of the rest of a gate) and a
+// compare-and-blend per clamp: here 1/x is a reciprocal estimate refined by one Newton step
+// (within 2 ulp) and 2^k is applied with scalef.
+using Vec = __m512;
+
+inline Vec splat(float x) { return _mm512_set1_ps(x); }
+
+inline Vec exp_vec(Vec x) {
+  // max/min return their second operand when one is NaN: a NaN goes through
+  x = _mm512_min_ps(splat(87.0f), _mm512_max_ps(splat(-87.0f), x));
+  const Vec k = _mm512_roundscale_ps(_mm512_mul_ps(x, splat(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  Vec r = _mm512_fnmadd_ps(k, splat(0.693359375f), x);
+  r = _mm512_fmadd_ps(k, splat(2.12194440e-4f), r);
+  Vec p = splat(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, splat(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, splat(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, splat(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, splat(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, splat(0.5f));
+  p = _mm512_fmadd_ps(p, r, splat(1.0f));
+  p = _mm512_fmadd_ps(p, r, splat(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+inline Vec reciprocal_vec(Vec d) {
+  const Vec y = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, splat(2.0f)));
+}
+
+inline Vec sigmoid_vec(Vec x) {
+  return reciprocal_vec(_mm512_add_ps(splat(1.0f), exp_vec(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+inline Vec tanh_vec(Vec x) {
+  return _mm512_fnmadd_ps(splat(2.0f), reciprocal_vec(_mm512_add_ps(exp_vec(_mm512_add_ps(x, x)),
+                                                                    splat(1.0f))), splat(1.0f));
+}
+
+// Lanes j..j+15 of a row of H, the last ones masked when H is not a multiple of 16.
+inline __mmask16 lanes(int64_t j, int64_t H) {
+  return H - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (H - j)) - 1);
+}
+
+inline Vec load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+inline void store(float* p, __mmask16 m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
+#endif
+
 // One row, one step. rb holds the gate pre-activations without bias ([x h] W^T); writes
 // the activations i, f, g, o (ab), updates the state (hb, cb), writes the output (ob) and
 // saves the new cell (sb).
 void cell_forward(int64_t H, const float* __restrict rb, const float* __restrict bias,
                   float* __restrict ab, float* __restrict hb, float* __restrict cb,
                   float* __restrict ob, float* __restrict sb) {
+#if defined(__AVX512F__)
+  for (int64_t j = 0; j < H; j += 16) {
+    const __mmask16 m = lanes(j, H);
+    const Vec i = sigmoid_vec(_mm512_add_ps(load(rb + j, m), load(bias + j, m)));
+    const Vec f = sigmoid_vec(_mm512_add_ps(load(rb + H + j, m), load(bias + H + j, m)));
+    const Vec g = tanh_vec(_mm512_add_ps(load(rb + 2 * H + j, m), load(bias + 2 * H + j, m)));
+    const Vec o = sigmoid_vec(_mm512_add_ps(load(rb + 3 * H + j, m), load(bias + 3 * H + j, m)));
+    const Vec c = _mm512_fmadd_ps(f, load(cb + j, m), _mm512_mul_ps(i, g));
+    const Vec h = _mm512_mul_ps(o, tanh_vec(c));
+    store(ab + j, m, i);
+    store(ab + H + j, m, f);
+    store(ab + 2 * H + j, m, g);
+    store(ab + 3 * H + j, m, o);
+    store(sb + j, m, c);
+    store(cb + j, m, c);
+    store(hb + j, m, h);
+    store(ob + j, m, h);
+  }
+#else
   for (int64_t j = 0; j < H; ++j) {
     const float i = sigmoid_approx(rb[j] + bias[j]);
     const float f = sigmoid_approx(rb[H + j] + bias[H + j]);
@@ -75,6 +154,7 @@ void cell_forward(int64_t H, const float* __restrict rb, const float* __restrict
     hb[j] = h;
     ob[j] = h;
   }
+#endif
 }
 
 // One row, one step backwards. dL/dh is the carried dhb plus this step's output gradient gb;
@@ -85,6 +165,28 @@ void cell_backward(int64_t H, const float* __restrict ab, const float* __restric
                    const float* __restrict cprev, const float* __restrict gb,
                    const float* __restrict dhb, float* __restrict dcb, float* __restrict db,
                    float* __restrict dbias) {
+#if defined(__AVX512F__)
+  const Vec one = splat(1.0f);
+  for (int64_t j = 0; j < H; j += 16) {
+    const __mmask16 m = lanes(j, H);
+    const Vec i = load(ab + j, m), f = load(ab + H + j, m), g = load(ab + 2 * H + j, m);
+    const Vec o = load(ab + 3 * H + j, m);
+    const Vec tc = tanh_vec(load(sb + j, m));
+    const Vec dh = _mm512_add_ps(load(dhb + j, m), load(gb + j, m));
+    const Vec dc = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(tc, tc, one),
+                                   load(dcb + j, m));
+    const Vec di = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+    const Vec df = _mm512_mul_ps(_mm512_mul_ps(dc, load(cprev + j, m)),
+                                 _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+    const Vec dg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
+    const Vec d_o = _mm512_mul_ps(_mm512_mul_ps(dh, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+    store(db + j, m, di);
+    store(db + H + j, m, df);
+    store(db + 2 * H + j, m, dg);
+    store(db + 3 * H + j, m, d_o);
+    store(dcb + j, m, _mm512_mul_ps(dc, f));
+  }
+#else
   for (int64_t j = 0; j < H; ++j) {
     const float i = ab[j], f = ab[H + j], g = ab[2 * H + j], o = ab[3 * H + j];
     const float tc = tanh_approx(sb[j]);
@@ -100,8 +202,80 @@ void cell_backward(int64_t H, const float* __restrict ab, const float* __restric
     db[3 * H + j] = d_o;
     dcb[j] = dc * f;
   }
+#endif
   for (int64_t j = 0; j < 4 * H; ++j) dbias[j] += db[j];
 }
+
+// The BLAS torch itself calls, looked up in libtorch_cpu at run time: a layer makes 2T + 2
+// products of a few dozen microseconds each, and at::mm_out (with the views it needs) adds
+// several microseconds of dispatch to each; `sgemm_` takes raw pointers and row strides.
+// Null where this torch build exports none, or with NLPSEQ_TORCH_BLAS=0 (which tests use):
+// then at::mm does the products.
+void* torch_symbol(const char* name) {
+  static void* const torch_cpu = [] {
+    const char* use = std::getenv("NLPSEQ_TORCH_BLAS");
+    return use && std::string(use) == "0" ? nullptr
+                                          : dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  }();
+  return torch_cpu ? dlsym(torch_cpu, name) : nullptr;
+}
+
+using Sgemm = void (*)(const char*, const char*, const int*, const int*, const int*,
+                       const float*, const float*, const int*, const float*, const int*,
+                       const float*, float*, const int*);
+
+// Row-major C (m x n, row stride ldc) = op(A) op(B), with op(A) m x k and op(B) k x n, op
+// transposing where asked; lda, ldb: the row strides of A and B as stored.
+void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  static const auto sgemm = reinterpret_cast<Sgemm>(torch_symbol("sgemm_"));
+  if (sgemm) {
+    // Column-major BLAS reads each row-major matrix as its transpose: C^T = op(B)^T op(A)^T.
+    const char ta = transpose_a ? 'T' : 'N', tb = transpose_b ? 'T' : 'N';
+    const int rows = static_cast<int>(n), cols = static_cast<int>(m), depth = static_cast<int>(k);
+    const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+    const float one = 1.0f, zero = 0.0f;
+    sgemm(&tb, &ta, &rows, &cols, &depth, &one, b, &lb, a, &la, &zero, c, &lc);
+    return;
+  }
+  auto view = [](const float* p, bool transpose, int64_t rows, int64_t cols, int64_t ld) {
+    const at::Tensor stored = at::from_blob(
+        const_cast<float*>(p), transpose ? at::IntArrayRef{cols, rows} : at::IntArrayRef{rows, cols},
+        {ld, 1}, at::TensorOptions().dtype(at::kFloat));
+    return transpose ? stored.t() : stored;
+  };
+  const at::Tensor product =
+      at::mm(view(a, transpose_a, m, k, lda), view(b, transpose_b, k, n, ldb));
+  const float* src = product.data_ptr<float>();
+  for (int64_t row = 0; row < m; ++row) std::copy(src + row * n, src + (row + 1) * n, c + row * ldc);
+}
+
+// Inside a parallel region, MKL's thread count for the calling thread's products is 1 while
+// this lives. Each direction runs on a worker of torch's pool; with the count left at the
+// pool's size MKL picks the kernels of its threaded path (which pack both operands on every
+// call) even though nested calls run on one thread, and at 1 its small-matrix kernels, which
+// made the layer 3% faster here. Outside one (a single direction) MKL may use every thread.
+class OneBlasThread {
+ public:
+  OneBlasThread() {
+    if (at::in_parallel_region() && set_local()) {
+      previous_ = set_local()(1);
+      set_ = true;
+    }
+  }
+  ~OneBlasThread() {
+    if (set_) set_local()(previous_);  // 0: back to MKL's global count
+  }
+
+ private:
+  using SetLocal = int (*)(int);
+  static SetLocal set_local() {
+    static const auto found = reinterpret_cast<SetLocal>(torch_symbol("MKL_Set_Num_Threads_Local"));
+    return found;
+  }
+  int previous_ = 0;
+  bool set_ = false;
+};
 
 struct Shape {
   int64_t batch, steps, input, hidden, directions;
@@ -128,7 +302,6 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     std::copy(wip + g * I, wip + (g + 1) * I, wp + g * K);
     std::copy(whp + g * H, whp + (g + 1) * H, wp + g * K + I);
   }
-  at::Tensor w_t = w.t();  // (I+H, 4H)
   std::vector<float> bias(G);
   const float* bip = b_ih.data_ptr<float>();
   const float* bhp = b_hh.data_ptr<float>();
@@ -139,8 +312,8 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     std::copy(xsrc + row * I, xsrc + (row + 1) * I, xp + row * K);
   }
   std::vector<float> c(B * H, 0.0f);
-  at::Tensor rec = at::empty({B, G}, x.options());
-  const float* rp = rec.data_ptr<float>();
+  std::vector<float> rec(B * G);
+  const float* rp = rec.data();
   const float* bp = bias.data();
   float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
   float* cp = c.data();
@@ -153,7 +326,7 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     for (int64_t b = 0; b < B; ++b) {
       std::copy(hp + b * DH, hp + b * DH + H, xp + (b * T + t) * K + I);
     }
-    at::mm_out(rec, xh.select(1, t), w_t);  // (B, 4H)
+    gemm(false, true, B, G, K, xp + t * K, T * K, wp, K, rec.data(), G);  // (B, 4H)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
       float* ob = op + row * DH;
@@ -177,7 +350,7 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
   at::Tensor dgates = at::empty({B, T, G}, xh.options());
-  at::Tensor dxh = at::empty({B, K}, xh.options());  // one step's gradient of [x_t h]
+  std::vector<float> dhs(B * H);  // one step's gradient of the state it started from
   // dL/dh carried backwards starts as the final state's gradient (the state after a row's
   // last step in this direction, which is where the backward pass begins for that row).
   std::vector<float> dh(B * H, 0.0f), dc(B * H, 0.0f);
@@ -185,7 +358,9 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
   std::vector<float> zeros(H, 0.0f);
   const float* ap = acts.data_ptr<float>();
   const float* sp = cells.data_ptr<float>();
-  const float* dxhp = dxh.data_ptr<float>();
+  const float* dhsp = dhs.data();
+  const float* wp = w.data_ptr<float>();
+  const float* xp = xh.data_ptr<float>();
   float* dp = dgates.data_ptr<float>();
   float* dhp = dh.data();
   float* dcp = dc.data();
@@ -209,23 +384,21 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
       cell_backward(H, ap + row * G, sp + row * H, cprev, gp ? gp + row * DH : zeros.data(),
                     dhp + b * H, dcp + b * H, dp + row * G, dbp);
     }
-    at::mm_out(dxh, dgates.select(1, t), w);  // (B, I+H)
+    gemm(false, false, B, H, G, dp + t * G, T * G, wp + I, K, dhs.data(), H);  // (B, H)
     // A row at padding keeps what it carries: a forward-direction row that has not reached
-    // its end yet holds its final state's gradient; nothing flows into padding's inputs.
+    // its end yet holds its final state's gradient.
     for (int64_t b = 0; b < B; ++b) {
-      float* dxb = dxp + (b * T + t) * I;
-      if (t >= lengths[b]) {
-        std::fill(dxb, dxb + I, 0.0f);
-        continue;
-      }
-      std::copy(dxhp + b * K, dxhp + b * K + I, dxb);
-      std::copy(dxhp + b * K + I, dxhp + (b + 1) * K, dhp + b * H);
+      if (t < lengths[b]) std::copy(dhsp + b * H, dhsp + (b + 1) * H, dhp + b * H);
     }
   }
+  // dx = dgates W_ih over all steps (zero at padding, where dgates is)
+  gemm(false, false, B * T, I, G, dp, G, wp, K, dxp, I);
   // [dW_ih dW_hh]^T = [x h]^T dgates (I+H, 4H): this orientation of the product runs faster
-  // than dgates^T [x h] here; the transpose is written straight into the two gradients.
-  const at::Tensor dw_t = at::mm(xh.view({B * T, K}).t(), dgates.view({B * T, G}));
-  const float* src = dw_t.data_ptr<float>();
+  // here than dgates^T [x h] or one product per gradient; the transpose is written straight
+  // into the two gradients.
+  std::vector<float> dw_t(K * G);
+  gemm(true, false, K, G, B * T, xp, K, dp, G, dw_t.data(), G);
+  const float* src = dw_t.data();
   float* dip = dw_ih.data_ptr<float>();
   float* dwhp = dw_hh.data_ptr<float>();
   for (int64_t g = 0; g < G; ++g) {
@@ -259,6 +432,7 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
   at::Tensor cells = at::empty({D, B, T, H}, x.options());
   at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
+    OneBlasThread one_blas_thread;
     for (int64_t d = begin; d < end; ++d) {
       at::Tensor w_d = w[d], xh_d = xh[d], acts_d = acts[d], cells_d = cells[d];
       forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
@@ -290,6 +464,7 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
   at::Tensor dx = at::empty({D, B, T, I}, xh.options());
   at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;
+    OneBlasThread one_blas_thread;
     for (int64_t d = begin; d < end; ++d) {
       at::Tensor dx_d = dx[d], dw_ih_d = dw_ih[d], dw_hh_d = dw_hh[d], db_d = db[d];
       const float* gp = dout.defined() ? dout.data_ptr<float>() + d * H : nullptr;
