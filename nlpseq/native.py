@@ -118,6 +118,28 @@ def load() -> bool:
     return _state["ok"]
 
 
+def bf16_native(device_type: str) -> bool:
+    """Whether bfloat16 autocast runs natively on this device: CUDA, or a CPU whose oneDNN
+    computes bfloat16 (AVX512-BF16 or AMX). Elsewhere it is emulated, slower than float32,
+    and oneDNN's LSTM refuses it outright, so the models run float32 there."""
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    if "bf16" not in _state:
+        try:
+            _state["bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _state["bf16"] = False
+    return _state["bf16"]
+
+
+def bf16_autocast(device_type: str, requested: bool) -> torch.autocast:
+    """bfloat16 autocast on ``device_type`` when ``requested`` and :func:`bf16_native`."""
+    enabled = requested and bf16_native(device_type)
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
 MAX_THREADS = 4  # beyond this, oneDNN's kernel (which splits each step) is left the work
 
 

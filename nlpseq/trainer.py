@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from nlpseq import checkpoint as ckpt
+from nlpseq import native
 from nlpseq.config import PipelineConfig, TrainConfig, save_config
 from nlpseq.errors import NlpseqError
 from nlpseq.optim import Adam, clip_grads_
@@ -112,14 +113,6 @@ class WeightAverage:
                 a.copy_(tensors[str(i)])
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX) through oneDNN."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def slow_path_warnings(config: PipelineConfig, device: torch.device) -> list[str]:
     """Settings that would silently do nothing or run slower than the user expects."""
     messages = []
@@ -128,10 +121,10 @@ def slow_path_warnings(config: PipelineConfig, device: torch.device) -> list[str
             "train.bf16 applies on CUDA only and is ignored here; on CPU, model.bf16 "
             "(chargen, translate) autocasts the model where the CPU computes bfloat16 natively"
         )
-    if getattr(config.model, "bf16", False) and device.type == "cpu" and not native_cpu_bf16():
+    if getattr(config.model, "bf16", False) and not native.bf16_native(device.type):
         messages.append(
-            "model.bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): it is emulated "
-            "and usually slower than float32; set model.bf16=false"
+            "model.bf16 is ignored on this CPU: it has no native bfloat16 (AVX512-BF16 or "
+            "AMX), where autocast would be emulated and slower, so the model runs float32"
         )
     return messages
 

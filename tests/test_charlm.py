@@ -175,7 +175,9 @@ def test_overfits_a_string_and_reproduces_it_greedily(cell):
     assert text[:prefix] + "".join(chars[i] for i in out) == text
 
 
-def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights():
+def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights(monkeypatch):
+    from nlpseq import native
+
     model = tiny_model()
     batch = lm_windows(torch.arange(60) % 11, batch_size=2, seq_len=8)[0]
     with torch.no_grad():
@@ -185,3 +187,11 @@ def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights():
     assert half.dtype == torch.float32 and model.output.weight.dtype == torch.float32
     assert float(half) == pytest.approx(float(full), rel=2e-2)
     assert carry[0].shape == (2, 2, 16)
+    if not native.bf16_native("cpu"):  # oneDNN's LSTM refuses emulated bf16: float32 runs
+        assert float(half) == float(full)
+    # where the CPU has no native bf16, the request must not reach autocast at all
+    monkeypatch.setitem(native._state, "bf16", False)
+    with torch.no_grad():
+        assert float(model(batch)[0]) == float(full)
+
+

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from nlpseq import checkpoint as ckpt
+from nlpseq import native
 from nlpseq.config import load_config
 from nlpseq.errors import NlpseqError
 from nlpseq.models.classifier import TextClassifier
@@ -227,9 +228,9 @@ def test_slow_or_ignored_settings_are_reported(pipeline, tmp_path, monkeypatch):
     assert len(ignored) == 1 and "CUDA only" in ignored[0]
     repo = Path(__file__).resolve().parent.parent
     chargen = load_config(repo / "pipelines" / "chargen.yaml", ["model.bf16=true"])
-    monkeypatch.setattr(trainer, "native_cpu_bf16", lambda: False)
-    assert "emulated" in trainer.slow_path_warnings(chargen, cpu)[0]
-    monkeypatch.setattr(trainer, "native_cpu_bf16", lambda: True)
+    monkeypatch.setitem(native._state, "bf16", False)
+    assert "runs float32" in trainer.slow_path_warnings(chargen, cpu)[0]
+    monkeypatch.setitem(native._state, "bf16", True)
     assert trainer.slow_path_warnings(chargen, cpu) == []
     messages = []
     train(load_config(pipeline, ["train.bf16=true", "train.epochs=1"]), tmp_path / "run",

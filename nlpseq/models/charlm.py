@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nlpseq import native
+
 # LSTM: (h, c), each (layers, B, H); GRU: h (layers, B, H). Batch is dim 1, as in nn.LSTM.
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
@@ -59,8 +61,9 @@ class CharLM(nn.Module):
     one included. With ``tie_weights`` the output layer shares the embedding matrix; when
     hidden_size differs from embedding_dim a linear projection hidden -> embedding_dim is
     inserted before it. With ``bf16`` the training/evaluation forward runs under bfloat16
-    autocast on any device (weights and the loss stay float32); step and prime, used for
-    decoding, stay float32.
+    autocast where the device computes it natively (CUDA, or a CPU with AVX512-BF16 / AMX;
+    float32 elsewhere; weights and the loss stay float32); step and prime, used for decoding,
+    stay float32.
     """
 
     def __init__(
@@ -147,7 +150,7 @@ class CharLM(nn.Module):
         if carry is not None and state_batch_size(carry) != batch.inputs.size(0):
             carry = None
         if self.bf16:
-            with torch.autocast(batch.inputs.device.type, dtype=torch.bfloat16):
+            with native.bf16_autocast(batch.inputs.device.type, True):
                 logits, state = self.logits(batch.inputs, carry)  # (B, T, V)
         else:  # no autocast context here, so that a caller's autocast still applies
             logits, state = self.logits(batch.inputs, carry)

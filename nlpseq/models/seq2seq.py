@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nlpseq import native
 from nlpseq.batching import Batch
 from nlpseq.config import TranslateModelConfig
 from nlpseq.models.encoder import CELLS, Dropout, RecurrentEncoder, length_mask
@@ -150,9 +151,9 @@ class Seq2Seq(nn.Module):
         self.embedding_dropout = Dropout(config.embedding_dropout)
 
     def _autocast(self) -> torch.autocast:
-        """bfloat16 matrix products when ``config.bf16`` (on CPU too; recurrent cells stay fp32)."""
-        device = self.output.weight.device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.bf16)
+        """bfloat16 matrix products when ``config.bf16`` and the device computes them natively
+        (CUDA, or a CPU with AVX512-BF16 / AMX); recurrent cells stay fp32."""
+        return native.bf16_autocast(self.output.weight.device.type, self.config.bf16)
 
     # ---- encoder side -------------------------------------------------------------------
 
