@@ -117,16 +117,17 @@ def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | 
     from pathlib import Path
 
     import nlpseq
-    from nlpseq.corpora import read_lines
+    from nlpseq.corpora import read_lines, read_stdin_lines
     from nlpseq.errors import NlpseqError
 
     task = nlpseq.load(run_dir, device)
     if not hasattr(task, "translate_with_attention"):
         raise NlpseqError(f"translate needs a translate run, this is a {task.name} run", run_dir)
-    if input_file == "-":
-        lines = [line.rstrip("\r\n") for line in sys.stdin]
-    else:
-        lines = [line for _, line in read_lines(input_file)]
+    if plot_file and not Path(plot_file).expanduser().resolve().parent.is_dir():
+        # checked before translating, so a typo does not cost the whole input's work
+        raise NlpseqError("--attention-plot: the folder does not exist", plot_file)
+    numbered = read_stdin_lines() if input_file == "-" else read_lines(input_file)
+    lines = [line for _, line in numbered]
     for output in task.predict_lines(lines, beam=beam):
         click.echo(output)
     if plot_file:

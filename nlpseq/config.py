@@ -255,6 +255,57 @@ SECTIONS = {
     "eval": EvalConfig,
 }
 
+# The valid range of every numeric field, by name (a name means the same in every section):
+# (low, high, whether low itself is allowed, whether high itself is allowed); None = unbounded.
+_AT_LEAST_1 = (1, None, True, True)
+_AT_LEAST_0 = (0, None, True, True)
+_POSITIVE = (0, None, False, True)
+_PROBABILITY = (0, 1, True, False)  # dropout-like: 1 would drop everything
+BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **dict.fromkeys(
+        ("epochs", "batch_size", "embedding_dim", "hidden_size", "layers", "seq_len",
+         "evals_per_epoch", "bucket_pool", "beam", "dev_beam", "char_embedding_dim",
+         "char_hidden_size", "char_kernel_size", "max_source_length", "max_target_length",
+         "max_size", "min_frequency"), _AT_LEAST_1),
+    **dict.fromkeys(
+        ("max_length", "limit", "extend_vocab", "warmup_steps", "patience", "schedule_patience",
+         "threads", "eval_context", "casing_dim", "max_length_b", "seed", "weight_decay",
+         "clip", "max_minutes", "adversarial", "length_penalty", "max_length_a"), _AT_LEAST_0),
+    **dict.fromkeys(
+        ("dropout", "embedding_dropout", "word_dropout", "label_smoothing", "val_fraction",
+         "momentum", "ema"), _PROBABILITY),
+    "lr": _POSITIVE,
+    "schedule_factor": (0, 1, False, False),
+    "teacher_forcing": (0, 1, True, True),
+}
+
+# Names users bring from other toolkits, for the "did you mean" of an unknown key.
+ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "num_epochs": "epochs", "n_epochs": "epochs",
+    "max_epochs": "epochs", "hidden_dim": "hidden_size", "hidden_units": "hidden_size",
+    "units": "hidden_size", "num_layers": "layers", "n_layers": "layers",
+    "embed_dim": "embedding_dim", "emb_dim": "embedding_dim", "embedding_size": "embedding_dim",
+    "optim": "optimizer", "grad_clip": "clip", "clip_norm": "clip", "max_grad_norm": "clip",
+    "early_stopping_patience": "patience", "rnn_type": "cell", "bidirectional_rnn": "bidirectional",
+}
+
+
+def _check_bounds(name: str, value: Any, where: str, path: str | None, line: int | None) -> None:
+    """Raise NlpseqError when a numeric ``value`` is outside :data:`BOUNDS` for ``name``."""
+    if name not in BOUNDS or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high, low_ok, high_ok = BOUNDS[name]
+    too_low = low is not None and (value < low or (value == low and not low_ok))
+    too_high = high is not None and (value > high or (value == high and not high_ok))
+    if not (too_low or too_high):
+        return
+    if high is None:
+        wanted = f">= {low}" if low_ok else f"> {low}"
+    else:
+        wanted = f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+    raise NlpseqError(f"{where}: must be {wanted}, got {value}", path, line)
+
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -325,9 +376,12 @@ def _coerce(value: Any, annotation: Any, where: str, path: str | None, line: int
 
 def _closest_hint(key: str, names: list[str], prefix: str = "") -> str:
     """``; did you mean X?`` or, when nothing is close, the closest key and all valid keys."""
-    close = difflib.get_close_matches(key, names, n=1)
+    known = {alias: name for alias, name in ALIASES.items() if name in names}
+    if key in known:
+        return f"; did you mean {prefix}{known[key]}?"
+    close = difflib.get_close_matches(key, [*names, *known], n=1)
     if close:
-        return f"; did you mean {prefix}{close[0]}?"
+        return f"; did you mean {prefix}{known.get(close[0], close[0])}?"
     closest = difflib.get_close_matches(key, names, n=1, cutoff=0.0)
     if not closest:
         return ""
@@ -356,8 +410,11 @@ def _build_section(
         where, where_path, line = _located(f"{section}.{key}", path, lines, overridden)
         if key not in names:
             hint = _closest_hint(str(key), names, f"{section}.")
-            raise NlpseqError(f"unknown key {section}.{key}{hint}", where_path, line)
+            message = (f"{where}: unknown key{hint}" if where_path is None and line is None
+                       else f"unknown key {section}.{key}{hint}")
+            raise NlpseqError(message, where_path, line)
         kwargs[key] = _coerce(value, hints[key], where, where_path, line)
+        _check_bounds(key, kwargs[key], where, where_path, line)
     for f in dataclasses.fields(cls):
         # Defaults may use ${VAR:-default} too (e.g. the cache directory).
         if f.name not in kwargs and isinstance(f.default, str) and "${" in f.default:
@@ -365,21 +422,29 @@ def _build_section(
     return cls(**kwargs)
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Map ``section.key`` (and ``section``) to the 1-based line it is written on."""
+def _key_lines(text: str, path: str | None = None) -> dict[str, int]:
+    """Map ``section.key`` (and ``section``) to the 1-based line it is written on. A key
+    written twice is an error: YAML loaders keep the last silently, hiding the first."""
     lines: dict[str, int] = {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return lines
+
+    def add(name: str, key_node: yaml.Node) -> None:
+        line = key_node.start_mark.line + 1
+        if name in lines:
+            raise NlpseqError(f"{name} is written twice (first on line {lines[name]})", path, line)
+        lines[name] = line
+
     if not isinstance(node, yaml.MappingNode):
         return lines
     for key_node, value_node in node.value:
         section = str(key_node.value)
-        lines[section] = key_node.start_mark.line + 1
+        add(section, key_node)
         if isinstance(value_node, yaml.MappingNode):
             for sub_key, _ in value_node.value:
-                lines[f"{section}.{sub_key.value}"] = sub_key.start_mark.line + 1
+                add(f"{section}.{sub_key.value}", sub_key)
     return lines
 
 
@@ -463,7 +528,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise NlpseqError(f"invalid YAML: {getattr(err, 'problem', err)}", path, line) from None
-    return config_from_dict(raw, str(path), overrides, _key_lines(text))
+    return config_from_dict(raw, str(path), overrides, _key_lines(text, str(path)))
 
 
 def save_config(config: PipelineConfig, path: str | Path) -> None:

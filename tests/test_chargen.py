@@ -175,6 +175,9 @@ def test_predict_scores_each_line(run_dir):
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["n_chars"] == 21 and first["loss"] < second["loss"]
     assert torch.isfinite(torch.tensor(first["bpc"]))
+    short = CliRunner().invoke(main, ["predict", str(run_dir), "--json"], input="k\n")
+    assert json.loads(short.stdout) == {"loss": None, "bpc": None, "perplexity": None,
+                                        "n_chars": 0}  # valid JSON: null, never NaN
 
 
 def test_bench_measures_generation_speed(run_dir):

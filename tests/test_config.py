@@ -131,7 +131,7 @@ def test_overrides_are_typed_by_field(tmp_path):
     ("train.resume=maybe", "train.resume: expected true/false"),
     ("model.cell=cnn", "model.cell: 'cnn' is not one of"),
     ("train.lr=fast", "train.lr: expected a number"),
-    ("train.epoch=3", "unknown key train.epoch; did you mean train.epochs"),
+    ("train.epoch=3", r"--set train.epoch: unknown key; did you mean train.epochs\?"),
     ("trian.lr=1", "unknown section 'trian'"),
     ("train.lr", "expected section.key=value"),
     ("task=ner", "expected section.key=value"),
@@ -173,3 +173,68 @@ def test_saved_config_loads_back_equal(tmp_path):
 def test_missing_pipeline_file(tmp_path):
     with pytest.raises(NlpseqError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("  batch_size: 0", "train.batch_size: must be >= 1, got 0"),
+    ("  epochs: 0", "train.epochs: must be >= 1, got 0"),
+    ("  lr: -1", r"train.lr: must be > 0, got -1.0"),
+    ("  lr: 0", r"train.lr: must be > 0, got 0.0"),
+    ("  schedule_factor: 1", r"train.schedule_factor: must be in \(0, 1\), got 1.0"),
+    ("  patience: -2", "train.patience: must be >= 0, got -2"),
+])
+def test_values_out_of_range_name_file_and_line(tmp_path, line, message):
+    path = write(tmp_path, f"task: sentiment\ntrain:\n  seed: 1\n{line}\n")
+    with pytest.raises(NlpseqError, match=f"^{path}:4: {message}$"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.dropout=1.5", r"--set model.dropout: must be in \[0, 1\), got 1.5"),
+    ("model.dropout=1", r"--set model.dropout: must be in \[0, 1\), got 1.0"),
+    ("model.hidden_size=0", "--set model.hidden_size: must be >= 1, got 0"),
+    ("model.adversarial=-0.5", "--set model.adversarial: must be >= 0, got -0.5"),
+])
+def test_overrides_out_of_range(tmp_path, override, message):
+    path = write(tmp_path, "task: sentiment\n")
+    with pytest.raises(NlpseqError, match=f"^{message}$"):
+        load_config(path, [override])
+
+
+def test_values_at_the_edges_of_their_range_are_accepted(tmp_path):
+    path = write(tmp_path, "task: translate\nmodel:\n  dropout: 0\n  teacher_forcing: 1\n"
+                           "train:\n  patience: 0\n  clip: 0\n  epochs: 1\n")
+    config = load_config(path)
+    assert config.model.teacher_forcing == 1.0 and config.train.clip == 0.0
+
+
+def test_every_bounded_name_is_a_field_and_every_default_is_in_range():
+    from nlpseq import config as c
+
+    sections = [*c.SECTIONS.values(), *c.MODEL_CONFIGS.values()]
+    names = {f.name for cls in sections for f in dataclasses.fields(cls)}
+    assert set(c.BOUNDS) <= names
+    assert set(c.ALIASES.values()) <= names
+    for cls in sections:
+        for f in dataclasses.fields(cls):
+            if not isinstance(f.default, str):
+                c._check_bounds(f.name, f.default, f.name, None, None)
+
+
+def test_a_key_written_twice_is_an_error(tmp_path):
+    path = write(tmp_path, "task: sentiment\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    twice = rf"^{path}:5: train.lr is written twice \(first on line 3\)$"
+    with pytest.raises(NlpseqError, match=twice):
+        load_config(path)
+    path = write(tmp_path, "task: sentiment\ntrain:\n  lr: 0.1\ntask: ner\n")
+    with pytest.raises(NlpseqError, match=rf"^{path}:4: task is written twice"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key, wanted", [
+    ("learning_rate", "train.lr"), ("learning_rat", "train.lr"), ("num_epochs", "train.epochs"),
+])
+def test_names_from_other_toolkits_point_to_ours(tmp_path, key, wanted):
+    path = write(tmp_path, f"task: sentiment\ntrain:\n  {key}: 3\n")
+    with pytest.raises(NlpseqError, match=rf"did you mean {wanted}\?"):
+        load_config(path)

@@ -30,6 +30,8 @@ def test_overfits_and_reloads_with_identical_predictions(trained_run):
     texts = [text for _, text in sentences(1, 24)]
     gold = [label for label, _ in sentences(1, 24)]
     assert [p["label"] for p in predictor.predict(texts)] == gold
+    with pytest.raises(TypeError, match="list of texts"):
+        predictor.predict("a single string")
 
 
 def test_prediction_does_not_depend_on_batching(trained_run):

@@ -136,6 +136,19 @@ def test_cli_translate_keeps_line_count_and_writes_heat_map(trained: Path, tmp_p
     assert piped.exit_code == 0 and piped.output == "Der Mann isst.\n"
 
 
+def test_cli_translate_bad_input_is_a_one_line_error(trained: Path, tmp_path: Path):
+    runner = CliRunner()
+    bad = runner.invoke(main, ["translate", str(trained)], input=b"The man.\nbad \xff byte\n")
+    assert bad.exit_code == 1 and "<stdin>:2: invalid UTF-8" in bad.stderr, bad.output
+    plot = tmp_path / "missing" / "a.png"
+    nowhere = runner.invoke(main, ["translate", str(trained), "--attention-plot", str(plot)],
+                            input="The man is eating.\n")
+    assert nowhere.exit_code == 1 and nowhere.stdout == "", nowhere.output
+    assert nowhere.stderr.strip() == f"error: {plot}: --attention-plot: the folder does not exist"
+    with pytest.raises(TypeError, match="list of texts"):
+        nlpseq.load(trained).translate("The man is eating.")
+
+
 def test_cli_evaluate_json(trained: Path, tmp_path: Path):
     src, tgt = write_parallel(tmp_path, PAIRS[:6], gz=True)
     result = CliRunner().invoke(main, ["evaluate", str(trained), str(src), str(tgt), "--json"])

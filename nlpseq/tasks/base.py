@@ -79,6 +79,14 @@ class Task(ABC):
         return self
 
 
+def text_list(texts: Iterable[Any], method: str) -> list[Any]:
+    """``texts`` as a list; a bare string is refused, since iterating it would silently
+    predict one result per character."""
+    if isinstance(texts, str):
+        raise TypeError(f"{method} takes a list of texts; for one text, pass [text]")
+    return list(texts)
+
+
 def shard(batches: list[Any], rank: int, world_size: int) -> list[Any]:
     """Every ``world_size``-th batch from ``rank``, trimmed so all ranks get the same count
     (DistributedDataParallel needs equal steps on every rank)."""

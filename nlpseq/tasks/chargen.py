@@ -227,18 +227,15 @@ class ChargenTask(Task):
 
     def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
         """Score each line on its own (from a fresh state): bits per character, or JSON with
-        loss, bpc, perplexity and n_chars. A line of fewer than 2 characters scores nan."""
+        loss, bpc, perplexity and n_chars. A line of fewer than 2 characters has no score:
+        ``nan``, or ``null`` in JSON (which has no NaN)."""
         for line in lines:
             ids, _ = self.codec.encode(line)
             if len(ids) < 2:
-                scores = {
-                    "loss": float("nan"),
-                    "bpc": float("nan"),
-                    "perplexity": float("nan"),
-                    "n_chars": 0,
-                }
-            else:
-                scores = evaluate_stream(self.model, ids, 1, len(ids), self.device)
+                none = {"loss": None, "bpc": None, "perplexity": None, "n_chars": 0}
+                yield json.dumps(none) if as_json else "nan"
+                continue
+            scores = evaluate_stream(self.model, ids, 1, len(ids), self.device)
             yield json.dumps(scores) if as_json else f"{scores['bpc']:.4f}"
 
     # --- generation ----------------------------------------------------------------------

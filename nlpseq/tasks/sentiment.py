@@ -17,7 +17,7 @@ from nlpseq.embeddings import pretrained_matrix, pretrained_words
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import ClassificationCounts
 from nlpseq.models.classifier import TextClassifier
-from nlpseq.tasks.base import Log, Task, shard
+from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import UNK, TextTokenizer
 from nlpseq.vocab import LabelVocab
 
@@ -185,7 +185,8 @@ class SentimentTask(Task):
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Label and class probabilities for each text."""
-        probs = self._probabilities(self.model, self.tokenizer.encode_batch(list(texts)))
+        texts = text_list(texts, "predict")
+        probs = self._probabilities(self.model, self.tokenizer.encode_batch(texts))
         return [
             {
                 "label": self.labels.decode(int(row.argmax())),

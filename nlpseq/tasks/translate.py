@@ -23,7 +23,7 @@ from nlpseq.decoding import beam_search, greedy_search, max_target_lengths
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import LossCounts, translation_scores
 from nlpseq.models.seq2seq import Seq2Seq, TranslationBatch
-from nlpseq.tasks.base import Log, Task, shard
+from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
 
 TOKENIZER = "tokenizer.json"  # joint vocabulary
@@ -209,7 +209,7 @@ class TranslateTask(Task):
     def translate(self, sentences: list[str], beam: int | None = None) -> list[str]:
         """Translate plain-text sentences (``beam`` None = ``eval.beam``); empty in, empty out."""
         beam = self.config.eval.beam if beam is None else beam
-        texts = [s.strip() for s in sentences]
+        texts = [s.strip() for s in text_list(sentences, "translate")]
         real = [i for i, text in enumerate(texts) if text]
         ids = self.decode(self.model, self.encode_sources([texts[i] for i in real]), beam)
         out = [""] * len(texts)
