@@ -23,6 +23,13 @@ import yaml
 from nlpseq.errors import NlpseqError
 
 TASK_NAMES = ("sentiment", "ner", "chargen", "translate")
+# The data formats each task reads (data.format); a Hugging Face hub name only for sentiment.
+TASK_FORMATS = {
+    "sentiment": ("tsv", "csv", "jsonl", "hub"),
+    "ner": ("conll",),
+    "chargen": ("text",),
+    "translate": ("parallel",),
+}
 
 
 @dataclass(frozen=True)
@@ -503,6 +510,11 @@ def config_from_dict(
             raise NlpseqError(f"section {section} must be a mapping", path, lines.get(section))
         built[section] = _build_section(cls, values, section, path, lines, overridden)
     config = PipelineConfig(**built, source=str(path or ""))
+    given = (raw.get("data") or {}).get("format")
+    if given is not None and config.data.format not in TASK_FORMATS[task]:
+        key, *where = _located("data.format", path, lines, overridden)
+        raise NlpseqError(f"{key}: the {task} task reads {' or '.join(TASK_FORMATS[task])}, "
+                          f"not {config.data.format}", *where)
     if config.embeddings.lazy_updates:
         key, *where = _located("embeddings.lazy_updates", path, lines, overridden)
         if task not in ("sentiment", "ner"):

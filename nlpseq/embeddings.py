@@ -60,7 +60,13 @@ def _locate_bad_row(path: Path, header: bool = False) -> tuple[int, str]:
                 if len(fields) == 2 and fields[1].isdigit():
                     first, source = int(fields[1]), "the header says"
                 continue
-            width = len(line.rstrip().split(" ")) - 1
+            fields = line.rstrip().split(" ")
+            width = len(fields) - 1
+            for value in fields[1:]:
+                try:
+                    float(value)
+                except ValueError:
+                    return number, f"{value[:20]!r} is not a number"
             if first is None:
                 first = width
             elif width != first:
@@ -210,7 +216,10 @@ def pretrained_matrix(
             print(f"embeddings: {coverage} (cached)", file=sys.stderr)
             return torch.from_numpy(stored["matrix"]), coverage
     vectors = load_vectors(path, fmt)
-    matrix, coverage = align(vocabulary, vectors, dim, seed=seed, skip=skip)
+    try:
+        matrix, coverage = align(vocabulary, vectors, dim, seed=seed, skip=skip)
+    except NlpseqError as err:  # align knows the vectors, not the file they came from
+        raise NlpseqError(err.message, path) from None
     print(f"embeddings: {coverage}", file=sys.stderr)
     if cache_file is not None:
         write_json(cache_file.with_suffix(".json"), coverage.__dict__)

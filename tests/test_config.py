@@ -238,3 +238,12 @@ def test_names_from_other_toolkits_point_to_ours(tmp_path, key, wanted):
     path = write(tmp_path, f"task: sentiment\ntrain:\n  {key}: 3\n")
     with pytest.raises(NlpseqError, match=rf"did you mean {wanted}\?"):
         load_config(path)
+
+
+def test_a_data_format_the_task_cannot_read(tmp_path):
+    path = write(tmp_path, "task: chargen\ndata:\n  format: hub\n  hub_name: x/y\n")
+    with pytest.raises(NlpseqError, match=rf"^{path}:3: data.format: the chargen task reads "
+                                          "text, not hub$"):
+        load_config(path)
+    with pytest.raises(NlpseqError, match="^--set data.format: the ner task reads conll, not tsv"):
+        load_config(write(tmp_path, "task: ner\n"), ["data.format=tsv"])

@@ -38,6 +38,8 @@ def test_dimension_must_match_the_model(glove_file):
     vectors = load_vectors(str(glove_file), "glove")
     with pytest.raises(NlpseqError, match="dimension 3.*embedding_dim is 4"):
         align(VOCAB, vectors, 4)
+    with pytest.raises(NlpseqError, match=rf"^{glove_file}: embeddings have dimension 3"):
+        pretrained_matrix(str(glove_file), "glove", VOCAB, 4)
 
 
 def test_cache_hit_the_second_time(tmp_path, glove_file, monkeypatch, capsys):
@@ -81,6 +83,13 @@ def test_rows_of_different_dimension_name_file_and_line(tmp_path):
     longer.write_text("the 0.1 0.2 0.3\nfilm 0.4 0.5 0.6 0.7\n")
     with pytest.raises(NlpseqError, match=r"longer\.txt:2: "):
         load_vectors(str(longer), "glove")
+
+
+def test_a_value_that_is_not_a_number_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("the 0.1 0.2 0.3\nfilm 0.4 zero 0.6\n")
+    with pytest.raises(NlpseqError, match=rf"^{path}:2: bad embeddings row: 'zero' is not a"):
+        load_vectors(str(path), "glove")
 
 
 def test_word2vec_header_is_not_a_row(tmp_path):
