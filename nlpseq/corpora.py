@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import socket
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from nlpseq.errors import NlpseqError
 
@@ -20,20 +23,64 @@ def _check_file(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not str(path) or str(path) == ".":
         raise NlpseqError("no data file given")
+    if path.is_dir():
+        raise NlpseqError("is a directory, not a data file", path)
     if not path.is_file():
         raise NlpseqError("data file not found", path)
     return path
 
 
-def _raw_bytes(path: Path) -> io.BufferedIOBase:
+def _open_raw(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _gzip_error(err: Exception, path: Path, line: int | None) -> NlpseqError:
+    if isinstance(err, EOFError):
+        return NlpseqError("gzip file ends early (truncated?)", path, line)
+    if str(err).startswith("Not a gzipped file"):
+        return NlpseqError("not a valid gzip file", path, line)
+    return NlpseqError(f"gzip data is corrupt ({err})", path, line)
+
+
+class _RawBytes:
+    """A data file's bytes (``.gz`` decompressed), by line or whole. Damaged gzip data is
+    raised as NlpseqError here, for every reader: gzip's own exceptions would print a
+    traceback, and an EOFError (truncated file) only click's bare ``Aborted!``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = _open_raw(path)
+        self._lines = 0
+
+    def __enter__(self) -> _RawBytes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for raw in self._handle:
+                self._lines += 1
+                yield raw
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            # failing before any line was read (not gzip at all) blames no line
+            line = self._lines + 1 if self._lines else None
+            raise _gzip_error(err, self.path, line) from None
+
+    def read(self) -> bytes:
+        """The whole (decompressed) file."""
+        try:
+            return self._handle.read()
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise _gzip_error(err, self.path, None) from None
 
 
 def check_utf8(path: str | Path) -> None:
     """Raise NlpseqError naming the line of the first invalid UTF-8 byte (or an empty file)."""
     path = _check_file(path)
     empty = True
-    with _raw_bytes(path) as handle:
+    with _RawBytes(path) as handle:
         for number, raw in enumerate(handle, 1):
             empty = empty and not raw.strip()
             try:
@@ -60,7 +107,7 @@ def _decode_lines(handle: Iterable[bytes], name: str | Path) -> Iterator[tuple[i
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` without the newline; invalid UTF-8 is an error."""
     path = _check_file(path)
-    with _raw_bytes(path) as handle:
+    with _RawBytes(path) as handle:
         yield from _decode_lines(handle, path)
 
 
@@ -75,7 +122,7 @@ def read_stdin_lines() -> Iterator[tuple[int, str]]:
 def read_text(path: str | Path) -> str:
     """A whole text file (``.gz`` allowed) as one string."""
     path = _check_file(path)
-    with _raw_bytes(path) as handle:
+    with _RawBytes(path) as handle:
         data = handle.read()
     try:
         text = data.decode("utf-8")
@@ -94,8 +141,8 @@ def _row_lines(path: Path, fmt: str) -> list[int] | None:
     None when the csv module cannot follow the file (pandas then has the last word)."""
     import csv
 
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+    # gzip damage was reported by check_utf8, which reads the whole file first
+    with io.TextIOWrapper(_open_raw(path), encoding="utf-8", newline="") as handle:
         if fmt == "jsonl":
             return [number for number, line in enumerate(handle, 1) if line.strip()]
         if fmt == "tsv":  # no quoting: one line is one row
@@ -130,6 +177,20 @@ def _row_lines(path: Path, fmt: str) -> list[int] | None:
     return starts
 
 
+def _check_json_lines(path: Path) -> None:
+    """Raise NlpseqError at the first line of a JSONL file that is not a JSON object."""
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NlpseqError(f"invalid JSON: {err.msg} (column {err.colno})", path,
+                              number) from None
+        if not isinstance(row, dict):
+            raise NlpseqError("line is not a JSON object", path, number)
+
+
 @dataclass
 class LabelledData:
     """Texts with string labels; ``lines[i]`` is the file line of example ``i``."""
@@ -154,7 +215,8 @@ def read_labelled(
     import datasets  # heavy: imported only when a labelled file is read
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # a failed load is reported below as one NlpseqError; datasets would log it too
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     if fmt in ("tsv", "csv"):
         kwargs = dict(
             delimiter="\t" if fmt == "tsv" else ",",
@@ -172,6 +234,8 @@ def read_labelled(
     try:
         data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # pandas/arrow parse errors carry their own line numbers
+        if fmt == "jsonl":  # Arrow's "row" counts within a block: find the line ourselves
+            _check_json_lines(path)
         raise NlpseqError(f"cannot parse {fmt.upper()}: {str(err).splitlines()[0]}", path) from None
     if text_column not in data.column_names:
         raise NlpseqError(
@@ -182,6 +246,7 @@ def read_labelled(
         raise NlpseqError(
             f"no column {label_column!r} (columns: {', '.join(data.column_names)})", path, 1
         )
+    # a JSONL row without the key reads as None, an empty TSV/CSV field as "": both missing
     texts = ["" if t is None else str(t) for t in data[text_column]]
     labels: list[str | None] = [None] * len(texts)
     if has_labels:
@@ -189,10 +254,11 @@ def read_labelled(
     lines = row_lines
     if lines is None or len(lines) != len(texts):  # the scan could not mirror the layout
         lines = [first_line + i for i in range(len(texts))]
-    if require_labels:
-        for line, label in zip(lines, labels):
-            if label is None:
-                raise NlpseqError(f"row has no value in column {label_column!r}", path, line)
+    for line, text, label in zip(lines, texts, labels):
+        if not text.strip():
+            raise NlpseqError(f"row has no value in column {text_column!r}", path, line)
+        if require_labels and label is None:
+            raise NlpseqError(f"row has no value in column {label_column!r}", path, line)
     if not texts:
         raise NlpseqError("data file has no rows", path)
     return LabelledData(texts, labels, lines, str(path))

@@ -157,3 +157,54 @@ def test_gensim_data_fails_fast_offline(monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
     with pytest.raises(NlpseqError, match="offline"):
         load_vectors("glove-wiki-gigaword-50", "gensim-data")
+
+
+def test_damaged_gzip_is_an_error_naming_the_file(tmp_path):
+    not_gzip = write(tmp_path, "plain.tsv.gz", "label\ttext\n1\tgood\n")
+    rows = "".join(f"1\tsentence number {i} of a longer file\n" for i in range(3000))
+    truncated = tmp_path / "cut.tsv.gz"
+    truncated.write_bytes(gzip.compress(("label\ttext\n" + rows).encode())[:2000])
+    readers = (lambda p: read_labelled(p, "tsv"), check_utf8, lambda p: list(read_lines(p)),
+               read_text)
+    for read in readers:
+        with pytest.raises(NlpseqError, match="^.*: not a valid gzip file$") as err:
+            read(not_gzip)
+        assert (err.value.path, err.value.line) == (str(not_gzip), None)
+        with pytest.raises(NlpseqError, match="gzip file ends early") as err:
+            read(truncated)
+        assert err.value.path == str(truncated)
+    with pytest.raises(NlpseqError) as err:  # read line by line: where reading stopped
+        list(read_lines(truncated))
+    assert err.value.line is not None and 1 < err.value.line <= 3001
+
+
+def test_malformed_jsonl_names_the_line_quietly(tmp_path, capfd):
+    path = write(tmp_path, "d.jsonl",
+                 '{"text": "a", "label": 1}\n\n{"text": "b" "label": 0}\n{"text": "c"\n')
+    capfd.readouterr()
+    with pytest.raises(NlpseqError, match="invalid JSON") as err:
+        read_labelled(path, "jsonl")
+    assert (err.value.path, err.value.line) == (str(path), 3)
+    assert capfd.readouterr().err == ""  # no log line from datasets besides the error
+
+
+@pytest.mark.parametrize("name, content, line", [
+    ("d.jsonl", '{"text": "a", "label": 1}\n\n{"label": 0}\n', 3),
+    ("d.jsonl", '{"text": "a", "label": 1}\n{"text": null, "label": 0}\n', 2),
+    ("d.jsonl", '{"text": "a", "label": 1}\n{"text": " ", "label": 0}\n', 2),
+    ("d.tsv", "label\ttext\n1\tgood\n\n0\t\n", 4),
+    ("d.csv", 'label,text\n1,good\n0,""\n', 3),
+])
+def test_row_without_text_is_an_error(tmp_path, name, content, line):
+    path = write(tmp_path, name, content)
+    for require_labels in (True, False):
+        with pytest.raises(NlpseqError, match="no value in column 'text'") as err:
+            read_labelled(path, name.split(".")[1], require_labels=require_labels)
+        assert (err.value.path, err.value.line) == (str(path), line)
+
+
+def test_directory_is_not_a_data_file(tmp_path):
+    for read in (lambda p: read_labelled(p, "tsv"), lambda p: list(read_lines(p)), read_text):
+        with pytest.raises(NlpseqError, match="is a directory, not a data file") as err:
+            read(tmp_path)
+        assert err.value.path == str(tmp_path)

@@ -243,6 +243,36 @@ def test_cli_bad_input(ner_run, tmp_path):
     assert_one_line_error(invoke("predict", ner_run.run_dir, input=conll), "input:4:", "columns")
 
 
+
+def test_cli_evaluate_unknown_entity_type(ner_run, tmp_path):
+    # IOB1 B-PER (a PER right after a PER) never occurs in training but its type does
+    ok = tmp_path / "ok.conll"
+    ok.write_text("Anna NNP I-NP I-PER\nLena NNP I-NP B-PER\nvisited VBD I-VP O\n\n",
+                  encoding="utf-8")
+    result = invoke("evaluate", ner_run.run_dir, ok, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["per_type"]["PER"]["support"] == 2
+    bad = tmp_path / "bad.conll"
+    bad.write_text("-DOCSTART- -X- O O\n\nAnna NNP I-NP I-PER\n\nEU NNP I-NP O\n"
+                   "Acme NNP I-NP B-ORG\nWidgets NNP I-NP I-FOO\n", encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, ok, bad), f"{bad}:7:",
+                          "unknown tag 'I-FOO'", "(known: O, B-LOC, I-LOC, B-MISC, I-MISC,")
+
+
+def test_cli_evaluate_damaged_gzip_and_directory(ner_run, tmp_path):
+    import gzip
+
+    cut = tmp_path / "cut.conll.gz"
+    cut.write_bytes(gzip.compress(conll_text().encode())[:100])
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, cut), f"{cut}", "ends early")
+    plain = tmp_path / "plain.conll.gz"
+    plain.write_text(conll_text(), encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, plain),
+                          f"{plain}: not a valid gzip file")
+    assert_one_line_error(invoke("evaluate", ner_run.run_dir, tmp_path),
+                          f"{tmp_path}: is a directory, not a data file")
+
+
 @pytest.mark.parametrize("output, char_encoder, lazy", [
     ("softmax", "lstm", "false"), ("crf", "none", "true")])
 def test_other_outputs_and_char_encoders_learn(tmp_path, output, char_encoder, lazy):

@@ -10,7 +10,6 @@ nlpseq.decoding over the model's step function.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpseq.checkpoint import atomic_path
+from nlpseq.corpora import read_text
 from nlpseq.decoding import check_sampling_options, generate
 from nlpseq.errors import NlpseqError
 from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
@@ -34,23 +34,6 @@ TOKENIZER = "tokenizer.json"
 
 def warn_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def read_text(path: str | Path) -> str:
-    """A whole UTF-8 text file (``.gz`` read transparently); bad input names file and line."""
-    path = Path(path).expanduser()
-    if not str(path) or str(path) == "." or not path.is_file():
-        raise NlpseqError("text file not found" if str(path) != "." else "no text file given", path)
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as handle:
-            raw = handle.read()
-    else:
-        raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise NlpseqError(f"invalid UTF-8 (byte {err.start} of the file)", path, line) from None
 
 
 class CharCodec:

@@ -131,19 +131,32 @@ class NerTask(Task):
                               f"{data.format!r}", self.config.source)
         return read_conll(path, data.tag_column, self.data_scheme, require_tags=require_tags)
 
+    def _check_gold_types(self, data: TaggedData) -> None:
+        """Raise NlpseqError at the first gold tag whose entity type the run does not know.
+
+        Only the type is checked: the prefix was checked against the data scheme on reading,
+        and every tag of a known type has a counterpart in the training scheme. Unchecked, an
+        unknown type would be scored as an entity type the model can never predict.
+        """
+        types = set(self.entity_types)
+        known: set[str] = {"O"}
+        for tags, start in zip(data.tags, data.lines):
+            for offset, tag in enumerate(tags):
+                if tag in known:
+                    continue
+                if split_tag(tag)[1] not in types:
+                    names = ", ".join(scheme_tags(self.entity_types, self.data_scheme))
+                    # a sentence's tokens are consecutive lines, so this is the tag's line
+                    raise NlpseqError(f"unknown tag {tag!r} (known: {names})", data.path,
+                                      start + offset)
+                known.add(tag)
+
     def _tag_ids(self, data: TaggedData) -> list[list[int]]:
         """Gold tags converted to the training scheme, as ids."""
-        out = []
-        for tags, line in zip(data.tags, data.lines):
-            converted = convert_tags(tags, self.data_scheme, self.train_scheme)
-            try:
-                out.append([self.tags.index[t] for t in converted])
-            except KeyError as err:
-                raise NlpseqError(
-                    f"entity type of tag {err.args[0]!r} was not seen in training "
-                    f"(types: {', '.join(self.entity_types)})", data.path, line,
-                ) from None
-        return out
+        self._check_gold_types(data)
+        index = self.tags.index
+        return [[index[t] for t in convert_tags(tags, self.data_scheme, self.train_scheme)]
+                for tags in data.tags]
 
     @property
     def entity_types(self) -> list[str]:
@@ -317,6 +330,8 @@ class NerTask(Task):
         if not paths:
             raise NlpseqError("give at least one CoNLL file to evaluate")
         files = [self._read(p) for p in paths]
+        for file in files:  # before merging, so that an error names its file and line
+            self._check_gold_types(file)
         data = TaggedData(
             [s for f in files for s in f.tokens], [t for f in files for t in f.tags],
             [n for f in files for n in f.lines], ", ".join(f.path for f in files),
