@@ -3,7 +3,9 @@ fraction of the machine's fp32 matmul rate that training reaches.
 
 Figures are medians over repeated timed rounds so a noisy, shared machine disturbs them less;
 training rounds alternate with matmul rounds and the fraction is the median of neighbouring
-rounds' ratios.
+rounds' ratios. ``other_processes_cores`` says how many cores other processes kept busy
+meanwhile (from /proc/stat, where there is one): figures taken beside another job are that
+job's as much as nlpseq's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from nlpseq import native
 from nlpseq.batching import TokenStore, bucket_batches
 from nlpseq.config import TokenizerConfig, TrainConfig
 from nlpseq.corpora import read_labelled
+from nlpseq.cpuload import OtherLoad
 from nlpseq.models.classifier import TextClassifier
 from nlpseq.tokenize import TextTokenizer
 from nlpseq.trainer import make_optimizer, update
@@ -94,6 +97,7 @@ def run_bench(
         "embedding_updates": "lazy" if lazy_updates else "dense",
     }
 
+    neighbours = OtherLoad()  # figures taken beside another job say little about nlpseq
     chunk = texts[:20000]
     n_tokens = sum(len(t.split()) for t in chunk)
 
@@ -157,6 +161,9 @@ def run_bench(
     figures["train_fraction_of_matmul"] = statistics.median(
         rate * per_token / peak for rate, peak in zip(train_rates, peaks))
     figures["text_over_train_tokens"] = figures["text_tokens_per_s"] / train_rate
+    others = neighbours.cores()
+    if others is not None:
+        figures["other_processes_cores"] = others
     return figures
 
 

@@ -214,6 +214,10 @@ def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,
         figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
                             seconds=seconds, threads=threads, pooling=pooling,
                             lazy_updates=embedding_updates == "lazy")
+    others = figures.get("other_processes_cores", 0.0)
+    if isinstance(others, float) and others >= 0.5:
+        click.echo(f"warning: other processes kept {others:.1f} CPU cores busy during the "
+                   "measurement; these figures are not this machine's own", err=True)
     if as_json:
         click.echo(json.dumps(figures))
     else:

@@ -26,6 +26,7 @@ from torch import nn
 from nlpseq import checkpoint as ckpt
 from nlpseq import native
 from nlpseq.config import PipelineConfig, TrainConfig, save_config
+from nlpseq.cpuload import OtherLoad, contention_warning, usable_cores
 from nlpseq.errors import NlpseqError
 from nlpseq.optim import Adam, clip_grads_
 from nlpseq.tasks import task_class
@@ -284,6 +285,8 @@ def train(
                               device.type == "cuda")
     for message in slow_path_warnings(config, device):
         log(f"warning: {message}")
+    # DDP's other ranks are other processes too, but meant to share the cores
+    neighbours = OtherLoad() if world == 1 and device.type == "cpu" else None
     budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
     history = ckpt.read_jsonl(run_dir / ckpt.HISTORY) if resume else []
     eval_seconds = 0.0
@@ -300,7 +303,13 @@ def train(
 
     def evaluate_and_save(train_loss: float, tokens_per_s: float, epoch_label: int) -> bool:
         """Evaluate on dev, keep the best weights; True when early stopping says stop."""
-        nonlocal eval_seconds
+        nonlocal eval_seconds, neighbours
+        if neighbours is not None:
+            warning = contention_warning(neighbours.cores(), torch.get_num_threads(),
+                                         usable_cores())
+            if warning:
+                log(f"warning: {warning}")
+                neighbours = None  # once a run is enough
         t0 = time.monotonic()
         with average.applied() if average else contextlib.nullcontext():
             metrics = task.evaluate(model)
