@@ -2,8 +2,8 @@
 
 On a small machine a second job changes everything: with every core given to torch's
 threads, each parallel section ends at a barrier that waits for a thread whose core the other
-job holds. On 2 cores, one busy loop beside a 2-thread training step made it about 3x slower
-than with 1 thread (README). Choosing the thread count from the load would make a run's
+job holds. On 2 cores, one busy loop beside `nlpseq bench` cut 2-thread training to about a
+quarter of its quiet speed and half of what 1 thread reached beside the same loop (README). Choosing the thread count from the load would make a run's
 numbers depend on its neighbours, so nlpseq only measures and says so.
 """
 
@@ -63,5 +63,5 @@ def contention_warning(others: float | None, threads: int, cores: int) -> str | 
         return None
     return (f"other processes kept {others:.1f} of {cores} CPU cores busy while training with "
             f"{threads} threads: each step then waits for a shared core, which on 2 cores "
-            f"was several times slower than 1 thread; set train.threads=1 (or fewer threads) "
+            f"ran about half as fast as 1 thread; set train.threads=1 (or fewer threads) "
             f"while they run")
