@@ -5,9 +5,9 @@ Run from this folder: python generate.py. Deterministic (fixed seed).
 
 import random
 
-POSITIVE = ["wonderful", "moving", "gripping", "funny", "charming", "brilliant", "warm",
+POSITIVE = ["good", "great", "wonderful", "moving", "gripping", "funny", "charming", "brilliant", "warm",
             "clever", "beautiful", "delightful", "fresh", "powerful", "touching", "smart"]
-NEGATIVE = ["dull", "boring", "awful", "tedious", "clumsy", "bland", "lifeless", "silly",
+NEGATIVE = ["bad", "poor", "dull", "boring", "awful", "tedious", "clumsy", "bland", "lifeless", "silly",
             "predictable", "messy", "flat", "tiresome", "forgettable", "shallow"]
 SUBJECTS = ["the film", "this movie", "the story", "the acting", "the script", "the ending",
             "the cast", "the direction", "the dialogue", "the soundtrack", "its humour",
@@ -31,6 +31,9 @@ def sentence(rng: random.Random, label: int) -> str:
         a=a, a2=a2,
     )
     if negate:
+        form = rng.random()
+        if form < 0.3:  # the short verdicts reviews end on: "not bad at all"
+            return f"{rng.choice(['', 'honestly , ', 'overall '])}not {a} at all"
         text = text.replace(" is ", " is not ", 1) if " is " in text else "not " + text
     return text
 
