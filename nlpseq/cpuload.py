@@ -3,8 +3,9 @@
 On a small machine a second job changes everything: with every core given to torch's
 threads, each parallel section ends at a barrier that waits for a thread whose core the other
 job holds. On 2 cores, one busy loop beside `nlpseq bench` cut 2-thread training to about a
-quarter of its quiet speed and half of what 1 thread reached beside the same loop (README). Choosing the thread count from the load would make a run's
-numbers depend on its neighbours, so nlpseq only measures and says so.
+quarter of its quiet speed and half of what 1 thread reached beside the same loop (README).
+Choosing the thread count from the load would make a run's numbers depend on its neighbours
+(a seeded run must repeat exactly), so nlpseq only measures and says so.
 """
 
 from __future__ import annotations
