@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import assert_one_line_error
 
 import nlpseq
 from nlpseq.cli import main
@@ -57,13 +58,6 @@ def write_pipeline(directory: Path, text: str = TEXT) -> Path:
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny import PROBES, write_pipeline, write_tsv
+from tiny import PROBES, assert_one_line_error, write_pipeline, write_tsv
 
 from nlpseq.cli import main
 
@@ -19,17 +19,6 @@ NLPSEQ = Path(sys.executable).parent / "nlpseq"
 
 def invoke(*args: str, input: str | None = None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 1, exactly one line on stderr naming what is wrong, no traceback."""
-    assert result.exit_code == 1, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def test_train_prints_dev_metrics_as_json(tmp_path, corpus):

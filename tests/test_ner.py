@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny import assert_one_line_error
 
 import nlpseq
 from nlpseq.cli import main
@@ -110,14 +111,6 @@ def invoke(*args, input: str | None = None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 # --- reader --------------------------------------------------------------------------------
 
 
@@ -186,6 +179,8 @@ def test_overfits_and_reloads_with_identical_predictions(ner_run):
     ]
     # one sentence alone gets the same tags as in a batch; empty sentences give no tags
     assert predictor.predict([tokens[3], []]) == [gold[3], []]
+    with pytest.raises(TypeError, match="list of texts"):
+        predictor.predict("Flights from Oslo")
 
 
 def test_unknown_words_and_characters_do_not_crash(ner_run):

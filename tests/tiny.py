@@ -83,3 +83,15 @@ good -0.1 -0.2 -0.3
 # Real-corpus runs (tests/test_slow_*.py): the repository and the shared corpora beside it.
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = os.environ.get("NLPSEQ_CORPORA", str(ROOT.parent / "shared" / "corpora"))
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """A CLI result that failed as bad input should: exit 1, exactly one line on stderr
+    holding every fragment, no traceback. Returns that line."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

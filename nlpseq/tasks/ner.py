@@ -34,7 +34,7 @@ from nlpseq.tagschemes import (
     tags_to_spans,
     validate_tag,
 )
-from nlpseq.tasks.base import Log, Task, shard
+from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import TextTokenizer
 from nlpseq.vocab import LabelVocab
 
@@ -345,7 +345,8 @@ class NerTask(Task):
         """Tags (in the data's scheme) for each sentence, or with ``spans`` its entities as
         ``{"type", "start", "end", "text"}`` (end exclusive). A sentence is a list of tokens
         or a string split on whitespace."""
-        tokens = [s.split() if isinstance(s, str) else list(s) for s in sentences]
+        tokens = [s.split() if isinstance(s, str) else list(s)
+                  for s in text_list(sentences, "predict")]
         tags = self._predict_tokens(tokens)
         if not spans:
             return tags
