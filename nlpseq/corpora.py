@@ -237,6 +237,8 @@ def read_labelled(
         if fmt == "jsonl":  # Arrow's "row" counts within a block: find the line ourselves
             _check_json_lines(path)
         raise NlpseqError(f"cannot parse {fmt.upper()}: {str(err).splitlines()[0]}", path) from None
+    if fmt == "jsonl" and text_column not in data.column_names:
+        _check_json_lines(path)  # a line such as [1, 2] loads as a column of its own
     if text_column not in data.column_names:
         raise NlpseqError(
             f"no column {text_column!r} (columns: {', '.join(data.column_names)})", path, 1

@@ -208,3 +208,10 @@ def test_directory_is_not_a_data_file(tmp_path):
         with pytest.raises(NlpseqError, match="is a directory, not a data file") as err:
             read(tmp_path)
         assert err.value.path == str(tmp_path)
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    path = write(tmp_path, "d.jsonl", '[1, 2]\n[3, 4]\n')
+    with pytest.raises(NlpseqError, match="line is not a JSON object") as err:
+        read_labelled(path, "jsonl")
+    assert (err.value.path, err.value.line) == (str(path), 1)
