@@ -121,3 +121,24 @@ def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(NlpseqError, match="UTF-8") as err:
         load_vectors(str(bad), "glove")
     assert err.value.path == str(bad)
+
+
+def test_fasttext_bin_gives_unseen_words_their_subword_vectors(tmp_path):
+    from gensim.models import FastText
+    from gensim.models.fasttext import save_facebook_model
+
+    corpus = [["the", "film", "was", "wonderful"], ["the", "plot", "was", "dull"]] * 5
+    model = FastText(vector_size=4, window=2, min_count=1, min_n=2, max_n=3, bucket=200,
+                     seed=1, workers=1)
+    model.build_vocab(corpus)
+    model.train(corpus, total_examples=len(corpus), epochs=1)
+    path = tmp_path / "tiny.bin"
+    save_facebook_model(model, str(path))
+    words = ["<pad>", "<unk>", "<bos>", "<eos>", "film", "films", "wonderfully"]
+    matrix, coverage = pretrained_matrix(str(path), "fasttext", words, 4, skip=4)
+    assert coverage.missing == 0 and coverage.exact == 3  # unseen words built from n-grams
+    loaded = load_vectors(str(path), "fasttext")
+    for row, word in enumerate(words[4:], 4):
+        assert np.allclose(matrix[row].numpy(), loaded[word], atol=1e-6)
+    assert not np.allclose(matrix[5].numpy(), matrix[6].numpy())
+    assert np.all(matrix[:4].numpy() == 0)
