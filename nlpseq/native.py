@@ -162,23 +162,36 @@ def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lengths, directions, *weights):
+    def forward(ctx, x, lengths, h0, c0, directions, *weights):
         w_ih, w_hh, b_ih, b_hh = (list(weights[k::4]) for k in range(4))
-        out, final, w, xh, acts, cells = torch.ops.nlpseq.lstm_layer_forward(
-            x, lengths, w_ih, w_hh, b_ih, b_hh)
-        ctx.save_for_backward(lengths, w, xh, acts, cells)
+        out, final, final_c, w, xh, acts, cells = torch.ops.nlpseq.lstm_layer_forward(
+            x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0)
+        ctx.save_for_backward(lengths, w, xh, acts, cells, c0)
         ctx.directions = directions
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
-        return out, final
+        ctx.mark_non_differentiable(final_c)
+        return out, final, final_c
 
     @staticmethod
-    def backward(ctx, dout, dfinal):
+    def backward(ctx, dout, dfinal, _dfinal_c):
         dx, dw_ih, dw_hh, db = torch.ops.nlpseq.lstm_layer_backward(
             dout, dfinal, *ctx.saved_tensors)
         grads = []
         for k in range(ctx.directions):
             grads += [dw_ih[k], dw_hh[k], db[k], db[k]]
-        return (dx, None, None, *grads)
+        return (dx, None, None, None, None, *grads)
+
+
+def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
+               h0: torch.Tensor | None, c0: torch.Tensor | None):
+    if not load():
+        raise RuntimeError("nlpseq's native LSTM kernel is not available here")
+    if any(s is not None and s.requires_grad for s in (h0, c0)):
+        raise ValueError("the native LSTM layer gives initial states no gradient: detach them")
+    suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
+    weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
+               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), h0, c0, len(suffixes), *weights)
 
 
 def lstm_layer(
@@ -189,9 +202,27 @@ def lstm_layer(
     at each row's last real token; and the final states (B, D*H): the forward direction's at
     each row's last real token, the backward one's at its first. Same results as ``rnn`` on
     packed sequences."""
-    if not load():
-        raise RuntimeError("nlpseq's native LSTM kernel is not available here")
-    suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
-    weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
-               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), len(suffixes), *weights)
+    out, final, _ = _run_layer(rnn, x, lengths, None, None)
+    return out, final
+
+
+def lstm_stateful(
+    rnn: torch.nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``rnn(x, state)`` for a one-layer, batch-first ``nn.LSTM`` on unpadded ``x`` (B, T, I),
+    as a stateful language model calls it: ``state`` (h0, c0), each (D, B, H), carried from
+    the previous window and detached (it gets no gradient), or None for zeros. Returns the
+    outputs (B, T, D*H) and (h_n, c_n), each (D, B, H); c_n carries no gradient."""
+    batch, steps = x.shape[:2]
+    directions = 2 if rnn.bidirectional else 1
+
+    def flat(s: torch.Tensor) -> torch.Tensor:  # (D, B, H) -> (B, D*H)
+        return s.transpose(0, 1).reshape(batch, -1)
+
+    def unflat(s: torch.Tensor) -> torch.Tensor:  # (B, D*H) -> (D, B, H)
+        return s.view(batch, directions, -1).transpose(0, 1).contiguous()
+
+    h0, c0 = (flat(state[0]), flat(state[1])) if state is not None else (None, None)
+    lengths = torch.full((batch,), steps, dtype=torch.long)
+    out, h_n, c_n = _run_layer(rnn, x, lengths, h0, c0)
+    return out, (unflat(h_n), unflat(c_n))

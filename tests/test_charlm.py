@@ -195,3 +195,29 @@ def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights(monkeypatch)
         assert float(model(batch)[0]) == float(full)
 
 
+
+
+def test_native_kernel_and_torch_give_the_same_windows_and_gradients(monkeypatch):
+    """Two carried windows through nlpseq's LSTM kernel and through nn.LSTM: same losses,
+    states and weight gradients (the kernel runs where it is available)."""
+    from nlpseq import native
+
+    windows = lm_windows(torch.arange(200) % 11, batch_size=3, seq_len=9)[:2]
+
+    def run() -> tuple[list[float], torch.Tensor, list[torch.Tensor]]:
+        model = tiny_model(dropout=0.0)
+        model.train()
+        losses, carry = [], None
+        for batch in windows:
+            loss, _, carry = model(batch, carry)
+            losses.append(float(loss.detach()))
+        loss.backward()
+        return losses, carry[1], [p.grad for p in model.parameters()]
+
+    with_kernel = run()
+    monkeypatch.setitem(native._state, "ok", False)
+    with_torch = run()
+    assert with_kernel[0] == pytest.approx(with_torch[0], rel=1e-5)
+    torch.testing.assert_close(with_kernel[1], with_torch[1], atol=1e-5, rtol=0)
+    for got, want in zip(with_kernel[2], with_torch[2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -65,6 +65,46 @@ def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads,
 
 
 @needs_native
+@pytest.mark.parametrize("bidirectional, threads, with_state", list(itertools.product(
+    [False, True], [1, 2], [False, True])))
+def test_stateful_layer_matches_torch_lstm_with_initial_states(bidirectional, threads,
+                                                               with_state):
+    """A carried (detached) state as a stateful language model uses it: outputs, h_n, c_n and
+    the gradients of the input and weights equal nn.LSTM's with the same initial state."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(3)
+        rnn = nn.LSTM(5, 11, batch_first=True, bidirectional=bidirectional)
+        directions = 2 if bidirectional else 1
+        x = torch.randn(4, 9, 5, requires_grad=True)
+        state = (torch.randn(directions, 4, 11), torch.randn(directions, 4, 11))
+        state = state if with_state else None
+        out, (h_n, c_n) = native.lstm_stateful(rnn, x, state)
+        expected, (expected_h, expected_c) = rnn(x, state)
+        for got, want in [(out, expected), (h_n, expected_h), (c_n, expected_c)]:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert not c_n.requires_grad
+        weight, h_weight = torch.randn_like(out), torch.randn_like(h_n)
+        inputs = [x, *rnn.parameters()]
+        grads = torch.autograd.grad((out * weight).sum() + (h_n * h_weight).sum(), inputs)
+        expected_grads = torch.autograd.grad(
+            (expected * weight).sum() + (expected_h * h_weight).sum(), inputs)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_native
+def test_stateful_layer_refuses_a_state_that_wants_a_gradient():
+    rnn = nn.LSTM(2, 3, batch_first=True)
+    h0 = torch.zeros(1, 1, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="detach"):
+        native.lstm_stateful(rnn, torch.zeros(1, 2, 2), (h0, torch.zeros(1, 1, 3)))
+
+
+@needs_native
 def test_matches_torch_lstm_without_torchs_blas_symbol():
     """NLPSEQ_TORCH_BLAS=0: the kernel's products go through at::mm, as on a torch build
     that exports no BLAS; the comparison above runs again in a fresh process."""

@@ -8,8 +8,12 @@
 // directly (see `gemm`).
 //
 // Padding: a row is active at step t when t < length. An inactive row keeps its state (the
-// forward direction has finished; the backward one has not started, so it still holds the zero
+// forward direction has finished; the backward one has not started, so it still holds its
 // initial state and begins exactly at the row's last real token) and outputs zeros.
+//
+// Initial states h0, c0 (B, D*H) are optional (zeros without them) and get no gradient: they
+// serve a stateful language model's carried, detached state. The final cell states come back
+// beside the final hidden states, also without a gradient.
 //
 // Layouts: x (B, T, I); out (B, T, D*H) with direction d in columns d*H..(d+1)*H; final
 // (B, D*H) each direction's last state (the forward one at each row's last real token, the
@@ -288,9 +292,11 @@ inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T 
 // product instead of a tall input projection plus a thin recurrent one, and its operand
 // `xh` (the input and the state each step started from) is kept, so the backward pass gets
 // the weight gradient in one product too.
+// h0, c0: (B, D*H) initial states, or null for zeros.
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
-                       const at::Tensor& b_hh, at::Tensor& out, at::Tensor& final,
+                       const at::Tensor& b_hh, const float* h0, const float* c0,
+                       at::Tensor& out, at::Tensor& final, at::Tensor& final_c,
                        at::Tensor& w, at::Tensor& xh, at::Tensor& acts, at::Tensor& cells) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
@@ -312,6 +318,11 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     std::copy(xsrc + row * I, xsrc + (row + 1) * I, xp + row * K);
   }
   std::vector<float> c(B * H, 0.0f);
+  if (c0) {
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy(c0 + b * DH + d * H, c0 + b * DH + d * H + H, c.data() + b * H);
+    }
+  }
   std::vector<float> rec(B * G);
   const float* rp = rec.data();
   const float* bp = bias.data();
@@ -320,7 +331,13 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   float* op = out.data_ptr<float>() + d * H;
   float* ap = acts.data_ptr<float>();
   float* sp = cells.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) std::fill(hp + b * DH, hp + b * DH + H, 0.0f);
+  for (int64_t b = 0; b < B; ++b) {
+    if (h0) {
+      std::copy(h0 + b * DH + d * H, h0 + b * DH + d * H + H, hp + b * DH);
+    } else {
+      std::fill(hp + b * DH, hp + b * DH + H, 0.0f);
+    }
+  }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_at(d, s, T);
     for (int64_t b = 0; b < B; ++b) {
@@ -340,12 +357,15 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
       cell_forward(H, rp + b * G, bp, ap + row * G, hp + b * DH, cb, ob, sp + row * H);
     }
   }
+  float* fcp = final_c.data_ptr<float>() + d * H;
+  for (int64_t b = 0; b < B; ++b) std::copy(cp + b * H, cp + (b + 1) * H, fcp + b * DH);
 }
 
+// c0: the (B, D*H) initial cell states of the forward pass, or null for zeros.
 void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
                         const at::Tensor& w, const at::Tensor& xh,
                         const at::Tensor& acts, const at::Tensor& cells, const float* gp,
-                        const float* gfinal, at::Tensor& dx, at::Tensor& dw_ih,
+                        const float* gfinal, const float* c0, at::Tensor& dx, at::Tensor& dw_ih,
                         at::Tensor& dw_hh, at::Tensor& dbias) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
@@ -380,7 +400,8 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
         continue;
       }
       const bool first = before < 0 || before >= lengths[b];
-      const float* cprev = first ? zeros.data() : sp + (b * T + before) * H;
+      const float* start = c0 ? c0 + b * DH + d * H : zeros.data();
+      const float* cprev = first ? start : sp + (b * T + before) * H;
       cell_backward(H, ap + row * G, sp + row * H, cprev, gp ? gp + row * DH : zeros.data(),
                     dhp + b * H, dcp + b * H, dp + row * G, dbp);
     }
@@ -415,9 +436,21 @@ void check_inputs(const at::Tensor& x, const at::Tensor& lengths, at::TensorList
               "one or two directions' weights expected");
 }
 
+// Optional (B, D*H) float tensor's data, checked; null when absent.
+const float* state_data(const std::optional<at::Tensor>& state, at::Tensor& keep, int64_t B,
+                        int64_t DH) {
+  if (!state || !state->defined()) return nullptr;
+  TORCH_CHECK(state->scalar_type() == at::kFloat && state->dim() == 2 && state->size(0) == B &&
+              state->size(1) == DH, "initial states must be float (B, D*H) tensors");
+  keep = state->contiguous();
+  return keep.data_ptr<float>();
+}
+
 std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Tensor& lengths_in,
                                            at::TensorList w_ih, at::TensorList w_hh,
-                                           at::TensorList b_ih, at::TensorList b_hh) {
+                                           at::TensorList b_ih, at::TensorList b_hh,
+                                           const std::optional<at::Tensor>& h0_in,
+                                           const std::optional<at::Tensor>& c0_in) {
   check_inputs(x_in, lengths_in, w_ih, w_hh);
   at::Tensor x = x_in.contiguous();
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -426,6 +459,10 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, D = n.directions;
   at::Tensor out = at::empty({B, T, D * H}, x.options());
   at::Tensor final = at::empty({B, D * H}, x.options());
+  at::Tensor final_c = at::empty({B, D * H}, x.options());
+  at::Tensor h0_keep, c0_keep;
+  const float* h0 = state_data(h0_in, h0_keep, B, D * H);
+  const float* c0 = state_data(c0_in, c0_keep, B, D * H);
   at::Tensor w = at::empty({D, 4 * H, I + H}, x.options());
   at::Tensor xh = at::empty({D, B, T, I + H}, x.options());
   at::Tensor acts = at::empty({D, B, T, 4 * H}, x.options());
@@ -436,11 +473,11 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
     for (int64_t d = begin; d < end; ++d) {
       at::Tensor w_d = w[d], xh_d = xh[d], acts_d = acts[d], cells_d = cells[d];
       forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
-                        w_hh[d].contiguous(), b_ih[d].contiguous(), b_hh[d].contiguous(), out,
-                        final, w_d, xh_d, acts_d, cells_d);
+                        w_hh[d].contiguous(), b_ih[d].contiguous(), b_hh[d].contiguous(), h0, c0,
+                        out, final, final_c, w_d, xh_d, acts_d, cells_d);
     }
   });
-  return {out, final, w, xh, acts, cells};
+  return {out, final, final_c, w, xh, acts, cells};
 }
 
 // dout and dfinal may be undefined (that output was not used).
@@ -448,7 +485,8 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
                                             const std::optional<at::Tensor>& dfinal_in,
                                             const at::Tensor& lengths_in, const at::Tensor& w,
                                             const at::Tensor& xh, const at::Tensor& acts,
-                                            const at::Tensor& cells) {
+                                            const at::Tensor& cells,
+                                            const std::optional<at::Tensor>& c0_in) {
   TORCH_CHECK(w.dim() == 3 && xh.dim() == 4 && xh.size(0) == w.size(0) &&
               xh.size(3) == w.size(2), "w must be (D, 4H, I+H) and xh (D, B, T, I+H)");
   const int64_t H = w.size(1) / 4;
@@ -458,6 +496,8 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
   at::Tensor dout, dfinal;
   if (dout_in && dout_in->defined()) dout = dout_in->contiguous();
   if (dfinal_in && dfinal_in->defined()) dfinal = dfinal_in->contiguous();
+  at::Tensor c0_keep;
+  const float* c0 = state_data(c0_in, c0_keep, B, D * H);
   at::Tensor dw_ih = at::empty({D, 4 * H, I}, xh.options());
   at::Tensor dw_hh = at::empty({D, 4 * H, H}, xh.options());
   at::Tensor db = at::empty({D, 4 * H}, xh.options());
@@ -470,7 +510,7 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
       const float* gp = dout.defined() ? dout.data_ptr<float>() + d * H : nullptr;
       const float* gf = dfinal.defined() ? dfinal.data_ptr<float>() + d * H : nullptr;
       backward_direction(d, n, lengths.data_ptr<int64_t>(), w[d], xh[d], acts[d], cells[d],
-                         gp, gf, dx_d, dw_ih_d, dw_hh_d, db_d);
+                         gp, gf, c0, dx_d, dw_ih_d, dw_hh_d, db_d);
     }
   });
   at::Tensor dx_sum = D == 1 ? dx[0] : dx[0].add_(dx[1]);
@@ -481,9 +521,9 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
 
 TORCH_LIBRARY(nlpseq, m) {
   m.def("lstm_layer_forward(Tensor x, Tensor lengths, Tensor[] w_ih, Tensor[] w_hh, "
-        "Tensor[] b_ih, Tensor[] b_hh) -> Tensor[]");
+        "Tensor[] b_ih, Tensor[] b_hh, Tensor? h0=None, Tensor? c0=None) -> Tensor[]");
   m.def("lstm_layer_backward(Tensor? dout, Tensor? dfinal, Tensor lengths, Tensor w, "
-        "Tensor xh, Tensor acts, Tensor cells) -> Tensor[]");
+        "Tensor xh, Tensor acts, Tensor cells, Tensor? c0=None) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nlpseq, CPU, m) {

@@ -123,12 +123,22 @@ class CharLM(nn.Module):
                     layer_state = (state[0][i : i + 1], state[1][i : i + 1])
                 else:
                     layer_state = state[i : i + 1]
-            x, final = rnn(x, layer_state)  # (B, T, H)
+            if self._native(rnn, x, layer_state):
+                x, final = native.lstm_stateful(rnn, x, layer_state)  # (B, T, H)
+            else:
+                x, final = rnn(x, layer_state)  # (B, T, H)
             x = locked_dropout(x, self.dropout, self.training)
             finals.append(final)
         if self.cell == "lstm":
             return x, (torch.cat([h for h, _ in finals]), torch.cat([c for _, c in finals]))
         return x, torch.cat(finals)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _native(rnn: nn.Module, x: Tensor, state: HiddenState | None) -> bool:
+        """Whether nlpseq's LSTM kernel runs this layer: where it applies (float32 on CPU),
+        with a carried state that needs no gradient (the kernel gives it none)."""
+        carried = state if isinstance(state, tuple) else ()
+        return native.usable(rnn, x) and not any(s.requires_grad for s in carried)
 
     def logits(
         self, inputs: Tensor, state: HiddenState | None = None
