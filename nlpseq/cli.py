@@ -206,6 +206,7 @@ def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,
           length: int, as_json: bool) -> None:
     """Measure text-stage, training and inference throughput against the matmul rate."""
     from nlpseq.bench import run_bench, run_inference_bench
+    from nlpseq.cpuload import BUSY
 
     if run_dir:
         figures = run_inference_bench(run_dir, input_file, length=length, seconds=seconds,
@@ -215,7 +216,7 @@ def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,
                             seconds=seconds, threads=threads, pooling=pooling,
                             lazy_updates=embedding_updates == "lazy")
     others = figures.get("other_processes_cores", 0.0)
-    if isinstance(others, float) and others >= 0.5:
+    if isinstance(others, float) and others >= BUSY:
         click.echo(f"warning: other processes kept {others:.1f} CPU cores busy during the "
                    "measurement; these figures are not this machine's own", err=True)
     if as_json:

@@ -417,7 +417,7 @@ def _build_section(
         where, where_path, line = _located(f"{section}.{key}", path, lines, overridden)
         if key not in names:
             hint = _closest_hint(str(key), names, f"{section}.")
-            message = (f"{where}: unknown key{hint}" if where_path is None and line is None
+            message = (f"{where}: unknown key{hint}" if f"{section}.{key}" in overridden
                        else f"unknown key {section}.{key}{hint}")
             raise NlpseqError(message, where_path, line)
         kwargs[key] = _coerce(value, hints[key], where, where_path, line)

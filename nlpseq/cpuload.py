@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import time
 
+BUSY = 0.5  # cores other processes must keep busy, on average, before nlpseq says so
+
 
 def _sample() -> tuple[float, float, float] | None:
     """(CPU seconds all processes spent busy, CPU seconds of this process, wall seconds), or
@@ -56,9 +58,9 @@ class OtherLoad:
 
 
 def contention_warning(others: float | None, threads: int, cores: int) -> str | None:
-    """A warning when other processes took at least half a core while this process's
+    """A warning when other processes took at least :data:`BUSY` cores while this process's
     ``threads`` wanted every core; None otherwise."""
-    if others is None or threads <= 1 or others < 0.5:
+    if others is None or threads <= 1 or others < BUSY:
         return None
     if threads + others <= cores:
         return None
