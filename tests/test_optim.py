@@ -23,6 +23,11 @@ class Tiny(nn.Module):
         return self.output(self.embedding(ids)).pow(2).sum()
 
 
+# True: nlpseq's native kernel (a `native` test: skipped or failed per conftest where it cannot
+# be built); False: torch's fallback.
+KERNELS = [pytest.param(True, marks=pytest.mark.native), False]
+
+
 def batches(n: int = 6) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     # ids < 20: rows 20..39 are never used; 0 (padding) is
@@ -40,7 +45,7 @@ def train(model: Tiny, make, steps=None, native: bool = True, monkeypatch=None) 
     return optimizer
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", KERNELS)
 @pytest.mark.parametrize("decoupled, weight_decay", [(False, 0.0), (False, 0.1), (True, 0.1)])
 def test_dense_steps_match_torch(native, decoupled, weight_decay, monkeypatch):
     ours, theirs = Tiny(sparse=False), Tiny(sparse=False)
@@ -53,7 +58,7 @@ def test_dense_steps_match_torch(native, decoupled, weight_decay, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", KERNELS)
 def test_sparse_rows_update_lazily_as_sparse_adam(native, monkeypatch):
     ours, theirs = Tiny(sparse=True), Tiny(sparse=True)
     start = ours.embedding.weight.detach().clone()
@@ -77,6 +82,7 @@ def test_sparse_rows_update_lazily_as_sparse_adam(native, monkeypatch):
     assert not state["exp_avg"][20:].any() and not state["exp_avg_sq"][20:].any()
 
 
+@pytest.mark.native
 def test_sparse_weight_decay_applies_to_used_rows_only(monkeypatch):
     results = []
     for native in (True, False):
@@ -123,7 +129,7 @@ def test_state_dict_moves_between_ours_and_torch():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", KERNELS)
 @pytest.mark.parametrize("clip", [0.05, 100.0])
 def test_clip_counts_sparse_rows_once(native, clip, monkeypatch):
     if not native:
@@ -140,8 +146,8 @@ def test_clip_counts_sparse_rows_once(native, clip, monkeypatch):
     assert float(norm) == pytest.approx(min(clip, float(norm)), rel=1e-5)
 
 
+@pytest.mark.native
 def test_sum_squares_is_exact_to_rounding():
-    assert optim.native.load()
     dense = [torch.randn(70_001), torch.randn(3, 5)]
     sparse = torch.sparse_coo_tensor(torch.tensor([[1, 1, 7]]), torch.randn(3, 5), (9, 5),
                                      check_invariants=True)
@@ -150,7 +156,7 @@ def test_sum_squares_is_exact_to_rounding():
     assert torch.ops.nlpseq.sum_squares([*dense, sparse]) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("native", KERNELS)
 @pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("max_norm", [0.05, 100.0])
