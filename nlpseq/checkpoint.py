@@ -1,7 +1,21 @@
-"""Run directories: config, weights (safetensors), tokenizer, vocabularies, metrics, history.
+"""Run directories: config and artifacts written once, then checkpoints committed as units.
 
-Every file is written to a temporary name in the same directory and renamed into place, so a
-run killed at any moment leaves the previous version of each file intact. Nothing is pickled.
+A run directory holds::
+
+    config.yaml, tokenizer.json, ...   the pipeline and the task's artifacts (written at start)
+    checkpoint.json                    names the current checkpoint: the commit point
+    checkpoints/000007/                one checkpoint, complete:
+        model.safetensors              best weights so far (what ``nlpseq.load`` uses)
+        metrics.json                   the dev metrics of those weights
+        history.jsonl                  one record per evaluation
+        last.safetensors, optimizer.safetensors, trainer_state.json   what resuming needs
+
+A checkpoint is written into a hidden folder, every file flushed to disk, the folder renamed
+into ``checkpoints/`` and only then ``checkpoint.json`` replaced (atomically) to name it; the
+previous checkpoint is deleted afterwards. A kill at any instant therefore leaves either the
+previous checkpoint or the new one, whole, and the files of one checkpoint always describe
+the same moment. Files that did not change (the best weights between improvements) are
+hard-linked, not copied. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -9,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +35,9 @@ from safetensors.torch import load_file, save_file
 from nlpseq.errors import NlpseqError
 
 CONFIG = "config.yaml"
+POINTER = "checkpoint.json"
+CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.json"
 HISTORY = "history.jsonl"
@@ -27,16 +45,35 @@ LAST_WEIGHTS = "last.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 TRAINER_STATE = "trainer_state.json"
 
+Writer = Callable[[Path], None]
+
+# Files are created with the permissions the user's umask gives any new file (mkstemp's 0600
+# would hide a shared run from other accounts).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
+    """Yield a temporary path next to ``path``; on success flush it to disk and rename it onto
+    ``path``, so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -44,9 +81,12 @@ def atomic_path(path: str | Path) -> Iterator[str]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
+    with atomic_path(path) as tmp:
+        _dump_json(Path(tmp), data)
+
+
+def _dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | Path) -> Any:
@@ -60,34 +100,35 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                if line]
+    except (OSError, ValueError) as err:
+        raise NlpseqError(f"cannot read JSON lines: {err}", path) from None
 
 
-def append_jsonl(path: str | Path, record: dict) -> None:
-    """Rewrite the history with one more record (atomic; histories are small)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(old + json.dumps(record) + "\n", encoding="utf-8")
-
-
-def save_weights(module: torch.nn.Module, path: str | Path) -> None:
-    """State dict -> safetensors (tied weights stored once and re-tied on load)."""
+def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict as contiguous CPU copies, tied weights stored once."""
     state: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for key, value in module.state_dict().items():
         if value.numel() > 0 and value.data_ptr() in seen:
             continue
         seen.add(value.data_ptr())
-        state[key] = value.detach().contiguous().cpu()
+        state[key] = value.detach().cpu().clone().contiguous()
+    return state
+
+
+def save_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """State dict -> safetensors (tied weights stored once and re-tied on load)."""
     with atomic_path(path) as tmp:
-        save_file(state, tmp)
+        save_file(weights_state(module), tmp)
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     try:
         state = load_file(str(path))
-    except (OSError, Exception) as err:
+    except Exception as err:  # safetensors raises its own error types for damaged files
         raise NlpseqError(f"cannot read weights: {err}", path) from None
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -110,37 +151,29 @@ def _is_alias(module: torch.nn.Module, key: str, saved: dict) -> bool:
     )
 
 
-def save_optimizer(
-    optimizer: torch.optim.Optimizer,
-    path: str | Path,
-    rng: torch.Tensor | None = None,
-    extra: dict[str, torch.Tensor] | None = None,
-) -> dict:
-    """Optimizer tensors (plus the RNG state and ``extra`` trainer tensors, e.g. averaged
-    weights) -> safetensors; returns the JSON-able rest."""
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, extra: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state (plus ``extra`` trainer tensors: RNG, averaged weights, carried
+    state) as (safetensors dict, the JSON-able rest)."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
-    if rng is not None:
-        tensors["rng"] = rng
     for key, value in (extra or {}).items():
-        tensors[f"extra/{key}"] = value.detach().contiguous().cpu()
+        tensors[f"extra/{key}"] = value.detach().cpu().clone().contiguous()
     for index, values in state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"{index}.{name}"] = value.detach().cpu().clone().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp)
-    return {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def load_optimizer(
     optimizer: torch.optim.Optimizer, path: str | Path, rest: dict
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Restore what :func:`save_optimizer` wrote; returns the RNG state and extra tensors."""
+) -> dict[str, torch.Tensor]:
+    """Restore what :func:`optimizer_tensors` gave; returns the extra tensors."""
     tensors = load_file(str(path))
-    rng = tensors.pop("rng", None)
     extra = {
         k.removeprefix("extra/"): tensors.pop(k) for k in list(tensors) if k.startswith("extra/")
     }
@@ -149,15 +182,142 @@ def load_optimizer(
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
-    return rng, extra
+    return extra
+
+
+def tensors_writer(tensors: dict[str, torch.Tensor]) -> Writer:
+    return lambda path: save_file(tensors, str(path))
+
+
+def json_writer(data: Any) -> Writer:
+    return lambda path: _dump_json(path, data)
+
+
+def jsonl_writer(records: list[dict]) -> Writer:
+    return lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in records),
+                                        encoding="utf-8")
+
+
+class RunDir:
+    """A run directory's layout, its one-writer lock and its checkpoint commits."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    def current(self) -> Path | None:
+        """The committed checkpoint's folder, or None before the first commit."""
+        pointer = self.path / POINTER
+        if not pointer.is_file():
+            return None
+        record = read_json(pointer)
+        name = record.get("checkpoint") if isinstance(record, dict) else None
+        folder = self.path / CHECKPOINTS / str(name)
+        if not isinstance(name, str) or not name.isdigit() or not folder.is_dir():
+            raise NlpseqError(f"{POINTER} names no checkpoint folder; the run directory is "
+                              "damaged", self.path)
+        return folder
+
+    def file(self, name: str) -> Path:
+        """A file of the committed checkpoint (e.g. :data:`WEIGHTS`)."""
+        folder = self.current()
+        if folder is None:
+            raise NlpseqError(f"not a checkpoint: {POINTER} is missing (no evaluation has "
+                              "finished yet)", self.path)
+        return folder / name
+
+    def history(self) -> list[dict]:
+        folder = self.current()
+        return read_jsonl(folder / HISTORY) if folder else []
+
+    def check_readable(self) -> Path:
+        """The run directory, once it has a config and a committed checkpoint."""
+        if not self.path.is_dir():
+            raise NlpseqError("run directory not found", self.path)
+        if not self.config.is_file():
+            raise NlpseqError(f"not a checkpoint: {CONFIG} is missing", self.path)
+        self.file(WEIGHTS)
+        return self.path
+
+    def check_writable(self) -> None:
+        """Refuse an output folder that holds something other than an nlpseq run, before
+        anything is written there."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise NlpseqError("--out must be a folder", self.path)
+        if any(self.path.iterdir()) and not self.config.is_file():
+            raise NlpseqError("folder is not empty and is not a run directory; choose a new "
+                              "or empty folder for --out", self.path)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the run's lock (released on exit and when the process dies) and clean what
+        a killed writer left behind."""
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise NlpseqError("another process is training into this run directory",
+                              self.path) from None
+        try:
+            self.clean()
+            yield
+        finally:
+            lock.release()
+
+    def clean(self) -> None:
+        """Remove temporary files and checkpoints that the commit point does not name."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        folders = self.path / CHECKPOINTS
+        if not folders.is_dir():
+            return
+        keep = self.current()
+        for folder in folders.iterdir():
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(self, writers: dict[str, Writer], keep: tuple[str, ...] = ()) -> Path:
+        """Write a new checkpoint: each file in ``writers`` written by its writer, each name in
+        ``keep`` linked from the current checkpoint; then make it the current one."""
+        previous = self.current()
+        number = int(previous.name) + 1 if previous else 1
+        folders = self.path / CHECKPOINTS
+        folders.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folders, prefix=f".{number:06d}.", suffix=".tmp"))
+        for name in keep:
+            if previous is not None and (previous / name).exists():
+                _link_or_copy(previous / name, staging / name)
+        for name, write in writers.items():
+            write(staging / name)
+            os.chmod(staging / name, FILE_MODE)
+            _fsync(staging / name)
+        os.chmod(staging, 0o777 & ~_UMASK)
+        _fsync(staging)
+        final = folders / f"{number:06d}"
+        os.replace(staging, final)
+        _fsync(folders)
+        write_json(self.path / POINTER, {"checkpoint": final.name})
+        _fsync(self.path)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+        return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # file systems without hard links
+        shutil.copy2(source, target)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """A run directory must hold at least the config and the weights."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NlpseqError("run directory not found", run_dir)
-    for name in (CONFIG, WEIGHTS):
-        if not (run_dir / name).is_file():
-            raise NlpseqError(f"not a checkpoint: {name} is missing", run_dir)
-    return run_dir
+    """A run directory must hold at least the config and a committed checkpoint."""
+    return RunDir(run_dir).check_readable()

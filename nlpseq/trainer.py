@@ -1,9 +1,12 @@
-"""The training loop, the same for every task.
+"""The training loop, the same for every task, and the small pieces around it.
 
 A task supplies batches, a model whose ``forward(batch, carry)`` returns ``(loss_sum, count,
-carry)`` and a dev evaluation; this module optimises, schedules the learning rate, stops
-early or at the time budget, and keeps the run directory current (best weights, last
-state for resume, history). Under ``torchrun`` it trains with DistributedDataParallel.
+carry)`` and a dev evaluation. :func:`train_steps` only trains: it steps through the epochs
+and yields an :class:`EvalPoint` whenever the dev set is due. :func:`train` answers each one:
+it evaluates, lets :class:`Selection` keep the best model, decay the learning rate on a
+plateau and stop early, commits a checkpoint (:class:`nlpseq.checkpoint.RunDir`) and logs.
+:class:`Budget` stops at ``train.max_minutes``; :class:`WeightAverage` evaluates an average
+of the weights. Under ``torchrun`` the model trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,32 +30,14 @@ from nlpseq.config import PipelineConfig, TrainConfig, save_config
 from nlpseq.cpuload import OtherLoad, contention_warning, usable_cores
 from nlpseq.errors import NlpseqError
 from nlpseq.optim import Adam, clip_grads_
+from nlpseq.runtime import log_stderr, resolve_device, seed_everything
 from nlpseq.tasks import task_class
 from nlpseq.tasks.base import Log, Task
 
 
-def log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise NlpseqError("train.device is cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 @dataclass
 class TrainerState:
-    """What resuming needs besides weights and optimizer tensors (saved as JSON)."""
+    """What resuming needs besides tensors (saved as JSON in every checkpoint)."""
 
     epoch: int = 0  # current epoch (0-based)
     batch: int = 0  # batches of ``epoch`` already trained
@@ -69,6 +52,7 @@ class TrainerState:
     finished: bool = False
     stopped: str = ""  # why it finished: epochs, early stopping, time budget
     optimizer: dict = field(default_factory=dict)
+    carry: Any = None  # nesting of the recurrent state carried across batches (mid-epoch)
 
 
 @dataclass
@@ -81,6 +65,18 @@ class TrainResult:
     run_dir: Path
 
 
+@dataclass
+class EvalPoint:
+    """A moment in training when the dev set is due."""
+
+    epoch: int  # 1-based label of the epoch the evaluation belongs to
+    train_loss: float  # mean training loss over the epoch so far
+    tokens_per_s: float
+    out_of_time: bool
+    carry: Any  # the recurrent state the next batch continues from
+
+
+# --- pieces around the loop ---------------------------------------------------------------
 class WeightAverage:
     """Exponential moving average of the trainable weights, swapped in for evaluation."""
 
@@ -106,12 +102,77 @@ class WeightAverage:
                 torch._foreach_copy_(self.params, backup)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {str(i): a for i, a in enumerate(self.average)}
+        return {f"average/{i}": a for i, a in enumerate(self.average)}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for i, a in enumerate(self.average):
-                a.copy_(tensors[str(i)])
+                a.copy_(tensors[f"average/{i}"])
+
+
+class Budget:
+    """Wall-clock budget (``train.max_minutes``) across resumed processes."""
+
+    def __init__(self, max_minutes: float, elapsed_before: float):
+        self.limit = max_minutes * 60 if max_minutes > 0 else math.inf
+        self.before = elapsed_before
+        self.started = time.monotonic()
+        self.eval_seconds = 0.0  # the last evaluation's duration, to stop before the next
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def fraction(self) -> float:
+        return self.elapsed() / self.limit
+
+    def left(self) -> float:
+        return self.limit - self.elapsed()
+
+    def exhausted(self) -> bool:
+        """True when one more evaluation (and a second of training) would not fit."""
+        return self.elapsed() + 1.2 * self.eval_seconds + 1.0 >= self.limit
+
+
+class Selection:
+    """Model selection on one dev metric, with early stopping and reduce-on-plateau."""
+
+    def __init__(self, metric: str, higher: bool, config: TrainConfig):
+        self.metric, self.higher, self.config = metric, higher, config
+
+    def update(self, state: TrainerState, value: float, epoch: int) -> bool:
+        """Record an evaluation in ``state``; True when it is the best so far."""
+        best = state.best
+        improved = best is None or (value > best if self.higher else value < best)
+        if improved:
+            state.best, state.best_epoch = value, epoch
+            state.bad_evals = state.plateau_evals = 0
+            return True
+        state.bad_evals += 1
+        state.plateau_evals += 1
+        if self.config.schedule == "plateau" and (
+            state.plateau_evals > self.config.schedule_patience
+        ):
+            state.lr_scale *= self.config.schedule_factor
+            state.plateau_evals = 0
+        return False
+
+    def should_stop(self, state: TrainerState) -> bool:
+        return self.config.patience > 0 and state.bad_evals >= self.config.patience
+
+
+def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:
+    """Learning-rate multiplier: warmup, then the schedule; ``progress`` runs 0 -> 1."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    if config.schedule == "cosine":
+        decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+    elif config.schedule == "linear":
+        decay = max(0.01, 1 - progress)
+    elif config.schedule == "plateau":
+        decay = plateau_scale
+    else:
+        decay = 1.0
+    return warmup * decay
 
 
 def slow_path_warnings(config: PipelineConfig, device: torch.device) -> list[str]:
@@ -169,23 +230,304 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
     clip_grads_(list(model.parameters()), clip)
 
 
-def lr_factor(config: TrainConfig, step: int, progress: float, plateau_scale: float) -> float:
-    """Learning-rate multiplier: warmup, then the schedule; ``progress`` runs 0 -> 1."""
-    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    progress = min(max(progress, 0.0), 1.0)
-    if config.schedule == "cosine":
-        decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-    elif config.schedule == "linear":
-        decay = max(0.01, 1 - progress)
-    elif config.schedule == "plateau":
-        decay = plateau_scale
+# --- the session: what the loop and its pieces share ------------------------------------
+@dataclass
+class Session:
+    """Everything one training process holds, set up once by :func:`start`."""
+
+    config: PipelineConfig
+    run: ckpt.RunDir
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainerState
+    selection: Selection
+    budget: Budget
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    average: WeightAverage | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    carry: Any = None  # restored recurrent state for a mid-epoch resume
+    log: Log = log_stderr
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+
+def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Session:
+    """Device, process group, task, model, optimizer; fresh or from the run's checkpoint."""
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    rank, world = _distributed(device)
+    resume = t.resume and run.current() is not None
+    if not resume and run.current() is not None:
+        raise NlpseqError(
+            "run directory already holds a model; choose another --out or set train.resume=true",
+            run.path,
+        )
+    seed_everything(t.seed)
+    task = task_class(config.task)(config, device)
+    task.prepare(log, artifacts=run.path if resume else None)
+    model = task.init_model(log, pretrained=not resume)
+    metric = config.eval.metric or task.default_metric
+    if metric not in task.metrics:
+        raise NlpseqError(
+            f"eval.metric {metric!r} is not one of {', '.join(task.metrics)}", config.source
+        )
+    session = Session(
+        config, run, task, model, make_optimizer(model, t), TrainerState(),
+        Selection(metric, task.metrics[metric], t), Budget(t.max_minutes, 0.0), device,
+        rank, world, WeightAverage(model, t.ema) if t.ema > 0 else None, log=log,
+    )
+    if resume:
+        _restore(session)
+    elif session.writes:
+        with ckpt.atomic_path(run.config) as tmp:
+            save_config(config, tmp)
+        task.save_artifacts(run.path)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model: {type(model).__name__}, {n_params:,} trainable parameters, device {device}")
+    for message in slow_path_warnings(config, device):
+        log(f"warning: {message}")
+    return session
+
+
+def _restore(s: Session) -> None:
+    """Continue from the committed checkpoint: weights, optimizer, RNG, averages, carry."""
+    folder = s.run.current()
+    s.state = TrainerState(**ckpt.read_json(folder / ckpt.TRAINER_STATE))
+    ckpt.load_weights(s.model, folder / ckpt.LAST_WEIGHTS)
+    extra = ckpt.load_optimizer(s.optimizer, folder / ckpt.OPTIMIZER, s.state.optimizer)
+    torch.set_rng_state(extra["rng"])
+    if s.average is not None:
+        s.average.load(extra)
+    s.carry = _unflatten(s.state.carry, extra, s.device)
+    s.history = ckpt.read_jsonl(folder / ckpt.HISTORY)
+    s.budget.before = s.state.elapsed
+    t = s.config.train
+    s.log(f"resuming {s.run.path} at epoch {s.state.epoch + 1}, batch {s.state.batch}")
+    # A finished run continues when the new settings allow more: more epochs, or a larger
+    # time budget; a run that stopped early stays stopped.
+    if s.state.finished and (
+        s.state.stopped == "early stopping" or s.state.epoch >= t.epochs
+        or (t.max_minutes > 0 and s.state.elapsed + 1.0 >= t.max_minutes * 60)
+    ):
+        s.log("that run had finished; nothing to do")
     else:
-        decay = 1.0
-    return warmup * decay
+        s.state.finished = False
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+# --- the loop ------------------------------------------------------------------------------
+def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
+    """Train, yielding at every evaluation point; the caller evaluates and may stop."""
+    t, state = s.config.train, s.state
+    trained = s.model
+    if s.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(s.model)
+    autocast = torch.autocast(s.device.type, dtype=torch.bfloat16,
+                              enabled=t.bf16 and s.device.type == "cuda")
+    base_lrs = [group["lr"] for group in s.optimizer.param_groups]
+    batches = s.task.train_batches(state.epoch, s.rank, s.world)
+    if not batches:
+        raise NlpseqError("no training batches: the training data is empty", s.config.data.train)
+    total_steps = t.epochs * len(batches)
+    carry = s.carry if state.batch > 0 else s.task.train_carry()
+    while state.epoch < t.epochs:
+        evals = {round(len(batches) * (i + 1) / t.evals_per_epoch)
+                 for i in range(t.evals_per_epoch)}
+        loss_sum, loss_count, tokens, epoch_start = 0.0, 0, 0, time.monotonic()
+        bar = _progress(len(batches), state.epoch, s.budget, progress)
+        bar.update(state.batch)
+        s.model.train()
+        for index in range(state.batch, len(batches)):
+            progress_frac = max(state.step / max(total_steps, 1), s.budget.fraction())
+            factor = lr_factor(t, state.step, progress_frac, state.lr_scale)
+            for group, base in zip(s.optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
+            batch = batches[index].to(s.device)
+            with autocast:
+                loss, count, carry = trained(batch, carry)
+            _check_finite(loss, s)
+            update(s.model, s.optimizer, loss, count, t.clip)
+            if s.average is not None:
+                s.average.update()
+            state.step, state.batch = state.step + 1, index + 1
+            loss_sum, loss_count = loss_sum + loss.item(), loss_count + int(count)
+            tokens += batch.num_tokens
+            state.tokens += batch.num_tokens
+            speed = tokens / max(time.monotonic() - epoch_start, 1e-9)
+            bar.step(loss_sum / max(loss_count, 1), speed)
+            out_of_time = _any_rank(s.budget.exhausted(), s.world)
+            if state.batch in evals or out_of_time:
+                label = state.epoch + 1
+                if state.batch == len(batches):
+                    state.epoch, state.batch = state.epoch + 1, 0
+                    carry = s.task.train_carry()
+                yield EvalPoint(label, loss_sum / max(loss_count, 1), speed, out_of_time, carry)
+                s.model.train()
+        bar.close()
+        if state.epoch < t.epochs:
+            batches = s.task.train_batches(state.epoch, s.rank, s.world)
+
+
+def _check_finite(loss: torch.Tensor, s: Session) -> None:
+    if not torch.isfinite(loss):
+        raise NlpseqError(
+            f"loss is {loss.item()} at epoch {s.state.epoch + 1}, step {s.state.step}; "
+            f"training stopped and the last good checkpoint in {s.run.path} is kept "
+            "(try a lower train.lr or train.clip)"
+        )
+
+
+# --- answering an evaluation point: evaluate, select, commit, log -----------------------
+def evaluate(s: Session, point: EvalPoint) -> tuple[dict[str, Any], bool, dict | None]:
+    """Dev metrics (with averaged weights when configured), whether they are the best so far
+    and, if so, a copy of the weights that scored them (on the writing rank)."""
+    started = time.monotonic()
+    with s.average.applied() if s.average else contextlib.nullcontext():
+        metrics = s.task.evaluate(s.model)
+        improved = s.selection.update(s.state, float(metrics[s.selection.metric]), point.epoch)
+        best = ckpt.weights_state(s.model) if improved and s.writes else None
+    s.budget.eval_seconds = time.monotonic() - started
+    return metrics, improved, best
+
+
+def commit(s: Session, point: EvalPoint | None, metrics: dict | None, best: dict | None) -> None:
+    """One checkpoint: the evaluation's record and everything resuming needs, as a unit."""
+    state = s.state
+    state.elapsed = s.budget.elapsed()
+    extra = {"rng": torch.get_rng_state(), **(s.average.state() if s.average else {})}
+    state.carry, carried = _flatten(point.carry if point else None)
+    tensors, state.optimizer = ckpt.optimizer_tensors(s.optimizer, {**extra, **carried})
+    writers = {
+        ckpt.LAST_WEIGHTS: ckpt.tensors_writer(ckpt.weights_state(s.model)),
+        ckpt.OPTIMIZER: ckpt.tensors_writer(tensors),
+        ckpt.TRAINER_STATE: ckpt.json_writer(asdict(state)),
+        ckpt.HISTORY: ckpt.jsonl_writer(s.history),
+    }
+    if best is not None:
+        writers[ckpt.WEIGHTS] = ckpt.tensors_writer(best)
+        writers[ckpt.METRICS] = ckpt.json_writer({
+            "selection_metric": s.selection.metric, "best_epoch": state.best_epoch,
+            "step": state.step, "dev": metrics,
+        })
+    keep = tuple(name for name in (ckpt.WEIGHTS, ckpt.METRICS) if name not in writers)
+    if s.writes:
+        s.run.commit(writers, keep)
+
+
+def record(s: Session, point: EvalPoint, metrics: dict[str, Any], improved: bool) -> dict:
+    """The history line of one evaluation, also logged."""
+    entry = {
+        "epoch": point.epoch, "step": s.state.step, "elapsed_s": round(s.budget.elapsed(), 1),
+        "train_loss": point.train_loss, "train_tokens_per_s": round(point.tokens_per_s, 1),
+        "lr": s.optimizer.param_groups[0]["lr"],
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+    }
+    value = metrics[s.selection.metric]
+    s.log(f"epoch {point.epoch} step {s.state.step}: train loss {point.train_loss:.4f}, "
+          f"dev {s.selection.metric} {value:.4f}{' *' if improved else ''} "
+          f"({point.tokens_per_s:,.0f} tokens/s)")
+    return entry
+
+
+class ContentionWatch:
+    """Warns once when other processes kept the cores busy that torch's threads wanted."""
+
+    def __init__(self, s: Session):
+        # DDP's other ranks are other processes too, but meant to share the cores
+        self.load = OtherLoad() if s.world == 1 and s.device.type == "cpu" else None
+
+    def check(self, log: Log) -> None:
+        if self.load is None:
+            return
+        warning = contention_warning(self.load.cores(), torch.get_num_threads(), usable_cores())
+        if warning:
+            log(f"warning: {warning}")
+            self.load = None
+
+
+def train(
+    config: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    log: Log = log_stderr,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config``'s task into ``out_dir``; returns the best model's task and metrics."""
+    run = ckpt.RunDir(out_dir)
+    run.check_writable()
+    first = int(os.environ.get("RANK", "0")) == 0
+    if not first:
+        log, progress = (lambda _message: None), False
+    with run.writing() if first else contextlib.nullcontext():
+        s = start(config, run, log)
+        _loop(s, progress)
+    return _result(s)
+
+
+def _loop(s: Session, progress: bool) -> None:
+    """Answer every evaluation point until the epochs, the patience or the budget run out."""
+    watch = ContentionWatch(s)
+    for point in [] if s.state.finished else train_steps(s, progress):
+        watch.check(s.log)
+        metrics, improved, best = evaluate(s, point)
+        s.history.append(record(s, point, metrics, improved))
+        stopped = ("time budget" if point.out_of_time else
+                   "early stopping" if s.selection.should_stop(s.state) else
+                   "epochs" if s.state.epoch >= s.config.train.epochs else "")
+        s.state.finished, s.state.stopped = bool(stopped), stopped
+        commit(s, point, metrics, best)
+        if s.state.finished:
+            break
+    if s.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    s.log(f"stopped ({s.state.stopped}) after {s.budget.elapsed() / 60:.1f} min; best dev "
+          f"{s.selection.metric} {s.state.best} at epoch {s.state.best_epoch}")
+
+
+def _result(s: Session) -> TrainResult:
+    """The best weights loaded into the task's model, and the run's metrics."""
+    folder = s.run.current()
+    s.task.load_weights(folder / ckpt.WEIGHTS)
+    metrics = ckpt.read_json(folder / ckpt.METRICS)
+    metrics["stopped"] = s.state.stopped
+    return TrainResult(s.task, metrics, s.history, s.run.path)
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _flatten(carry: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A carried recurrent state (tensors nested in tuples/lists) as a JSON nesting of leaf
+    numbers and the tensors by number."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any) -> Any:
+        if node is None:
+            return None
+        if isinstance(node, torch.Tensor):
+            tensors[f"carry/{len(tensors)}"] = node
+            return len(tensors) - 1
+        if isinstance(node, (tuple, list)):
+            return [walk(child) for child in node]
+        raise TypeError(f"cannot checkpoint a carried state of type {type(node).__name__}")
+
+    return walk(carry), tensors
+
+
+def _unflatten(nesting: Any, tensors: dict[str, torch.Tensor], device: torch.device) -> Any:
+    if nesting is None:
+        return None
+    if isinstance(nesting, int):
+        return tensors[f"carry/{nesting}"].to(device)
+    return tuple(_unflatten(child, tensors, device) for child in nesting)
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -211,229 +553,39 @@ def _any_rank(flag: bool, world: int) -> bool:
     return bool(value.item())
 
 
-def train(
-    config: PipelineConfig,
-    out_dir: str | Path,
-    *,
-    log: Log = log_stderr,
-    progress: bool = True,
-) -> TrainResult:
-    """Train ``config``'s task into ``out_dir``; returns the best model's task and metrics."""
-    started = time.monotonic()
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    rank, world = _distributed(device)
-    if rank != 0:
-        log, progress = (lambda _message: None), False
-    run_dir = Path(out_dir)
-    resume = t.resume and (run_dir / ckpt.TRAINER_STATE).is_file()
-    if not resume and (run_dir / ckpt.WEIGHTS).exists():
-        raise NlpseqError(
-            "run directory already holds a model; choose another --out or set train.resume=true",
-            run_dir,
-        )
-    seed_everything(t.seed)
-    task = task_class(config.task)(config)
-    task.prepare(log, artifacts=run_dir if resume else None)
-    task.device = device
-    model = task.build_model(log, pretrained=not resume).to(device)
-    optimizer = make_optimizer(model, t)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    average = WeightAverage(model, t.ema) if t.ema > 0 else None
-    metric = config.eval.metric or task.default_metric
-    if metric not in task.metrics:
-        raise NlpseqError(
-            f"eval.metric {metric!r} is not one of {', '.join(task.metrics)}", config.source
-        )
-    higher = task.metrics[metric]
-    state = TrainerState()
-    if resume:
-        state = TrainerState(**ckpt.read_json(run_dir / ckpt.TRAINER_STATE))
-        ckpt.load_weights(model, run_dir / ckpt.LAST_WEIGHTS)
-        rng, extra = ckpt.load_optimizer(optimizer, run_dir / ckpt.OPTIMIZER, state.optimizer)
-        if average is not None and extra:
-            average.load(extra)
-        if rng is not None:
-            torch.set_rng_state(rng)
-        log(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}")
-        # A finished run continues when the new settings allow more: more epochs, or a larger
-        # time budget; a run that stopped early stays stopped.
-        if state.finished and (
-            state.stopped == "early stopping"
-            or state.epoch >= t.epochs
-            or (t.max_minutes > 0 and state.elapsed + 1.0 >= t.max_minutes * 60)
-        ):
-            log("that run had finished; nothing to do")
-        else:
-            state.finished = False
-    elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with ckpt.atomic_path(run_dir / ckpt.CONFIG) as tmp:
-            save_config(config, tmp)
-        task.save_artifacts(run_dir)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model: {type(model).__name__}, {n_params:,} trainable parameters, device {device}")
+class _Bar:
+    """tqdm over an epoch's batches, with the loss, speed and the time budget left."""
 
-    trained: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    def __init__(self, total: int, epoch: int, budget: Budget):
+        from tqdm import tqdm
 
-        trained = DistributedDataParallel(model)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16 and
-                              device.type == "cuda")
-    for message in slow_path_warnings(config, device):
-        log(f"warning: {message}")
-    # DDP's other ranks are other processes too, but meant to share the cores
-    neighbours = OtherLoad() if world == 1 and device.type == "cpu" else None
-    budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-    history = ckpt.read_jsonl(run_dir / ckpt.HISTORY) if resume else []
-    eval_seconds = 0.0
-    stop_reason = (state.stopped or "epochs") if state.finished else "epochs"
-    batches_per_epoch = len(task.train_batches(0, rank, world))
-    if batches_per_epoch == 0:
-        raise NlpseqError("no training batches: the training data is empty", config.data.train)
-    total_steps = t.epochs * batches_per_epoch
+        self.budget = budget
+        self.steps = 0
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}", file=sys.stderr,
+                        mininterval=1.0, leave=False, dynamic_ncols=True)
 
-    elapsed_before = state.elapsed  # seconds trained by earlier processes (resume)
+    def update(self, n: int) -> None:
+        self.bar.update(n)
 
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - started
+    def step(self, loss: float, speed: float) -> None:
+        self.bar.update(1)
+        self.steps += 1
+        if self.steps % 10 == 0:
+            extra = {}
+            if self.budget.limit < math.inf:
+                extra["budget_left"] = f"{max(self.budget.left(), 0) / 60:.1f}m"
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:,.0f}", **extra,
+                                 refresh=False)
 
-    def evaluate_and_save(train_loss: float, tokens_per_s: float, epoch_label: int) -> bool:
-        """Evaluate on dev, keep the best weights; True when early stopping says stop."""
-        nonlocal eval_seconds, neighbours
-        if neighbours is not None:
-            warning = contention_warning(neighbours.cores(), torch.get_num_threads(),
-                                         usable_cores())
-            if warning:
-                log(f"warning: {warning}")
-                neighbours = None  # once a run is enough
-        t0 = time.monotonic()
-        with average.applied() if average else contextlib.nullcontext():
-            metrics = task.evaluate(model)
-            value = float(metrics[metric])
-            improved = state.best is None or (value > state.best if higher else value < state.best)
-            if improved and rank == 0:
-                ckpt.save_weights(model, run_dir / ckpt.WEIGHTS)
-        eval_seconds = time.monotonic() - t0
-        if improved:
-            state.best, state.best_epoch = value, epoch_label
-            state.bad_evals = state.plateau_evals = 0
-        else:
-            state.bad_evals += 1
-            state.plateau_evals += 1
-            if t.schedule == "plateau" and state.plateau_evals > t.schedule_patience:
-                state.lr_scale *= t.schedule_factor
-                state.plateau_evals = 0
-        record = {
-            "epoch": epoch_label, "step": state.step, "elapsed_s": round(elapsed(), 1),
-            "train_loss": train_loss, "train_tokens_per_s": round(tokens_per_s, 1),
-            "lr": optimizer.param_groups[0]["lr"], **_scalars(metrics),
-        }
-        history.append(record)
-        mark = " *" if improved else ""
-        log(f"epoch {epoch_label} step {state.step}: train loss {train_loss:.4f}, "
-            f"dev {metric} {value:.4f}{mark} ({tokens_per_s:,.0f} tokens/s)")
-        if rank == 0:
-            if improved:
-                ckpt.write_json(run_dir / ckpt.METRICS, {
-                    "selection_metric": metric, "best_epoch": epoch_label,
-                    "step": state.step, "dev": metrics,
-                })
-            ckpt.append_jsonl(run_dir / ckpt.HISTORY, record)
-            ckpt.save_weights(model, run_dir / ckpt.LAST_WEIGHTS)
-            state.optimizer = ckpt.save_optimizer(
-                optimizer, run_dir / ckpt.OPTIMIZER, rng=torch.get_rng_state(),
-                extra=average.state() if average else None,
-            )
-            state.elapsed = elapsed()
-            ckpt.write_json(run_dir / ckpt.TRAINER_STATE, asdict(state))
-        return t.patience > 0 and state.bad_evals >= t.patience
-
-    stop = state.finished
-    while not stop and state.epoch < t.epochs:
-        batches = task.train_batches(state.epoch, rank, world)
-        eval_points = {
-            round(len(batches) * (i + 1) / t.evals_per_epoch) for i in range(t.evals_per_epoch)
-        }
-        carry = task.train_carry()
-        loss_sum, loss_count, tokens, epoch_start = 0.0, 0, 0, time.monotonic()
-        bar = _progress(len(batches), state.epoch, progress)
-        bar.update(state.batch)
-        model.train()
-        for index in range(state.batch, len(batches)):
-            progress_frac = max(state.step / max(total_steps, 1), elapsed() / budget)
-            factor = lr_factor(t, state.step, progress_frac, state.lr_scale)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            batch = batches[index].to(device)
-            with autocast:
-                loss, count, carry = trained(batch, carry)
-            if not torch.isfinite(loss):
-                raise NlpseqError(
-                    f"loss is {loss.item()} at epoch {state.epoch + 1}, step {state.step}; "
-                    f"training stopped and the last good checkpoint in {run_dir} is kept "
-                    "(try a lower train.lr or train.clip)"
-                )
-            update(model, optimizer, loss, count, t.clip)
-            if average is not None:
-                average.update()
-            state.step += 1
-            state.batch = index + 1
-            loss_sum += loss.item()
-            loss_count += int(count)
-            tokens += batch.num_tokens
-            state.tokens += batch.num_tokens
-            speed = tokens / max(time.monotonic() - epoch_start, 1e-9)
-            bar.update(1)
-            if state.step % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.4f}",
-                                tok_s=f"{speed:,.0f}", refresh=False)
-            out_of_time = elapsed() + 1.2 * eval_seconds + 1.0 >= budget
-            if state.batch in eval_points or _any_rank(out_of_time, world):
-                epoch_label = state.epoch + 1
-                if state.batch == len(batches):
-                    state.epoch, state.batch = state.epoch + 1, 0
-                if evaluate_and_save(loss_sum / max(loss_count, 1), speed, epoch_label):
-                    stop, stop_reason = True, "early stopping"
-                model.train()
-                if out_of_time:
-                    stop, stop_reason = True, "time budget"
-                if stop:
-                    break
-        bar.close()
-    if not state.finished:
-        state.finished, state.stopped = True, stop_reason
-    if rank == 0 and (run_dir / ckpt.TRAINER_STATE).exists():
-        state.elapsed = elapsed()
-        ckpt.write_json(run_dir / ckpt.TRAINER_STATE, asdict(state))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    log(f"stopped ({stop_reason}) after {elapsed() / 60:.1f} min; best dev {metric} "
-        f"{state.best} at epoch {state.best_epoch}")
-    if (run_dir / ckpt.WEIGHTS).exists():
-        ckpt.load_weights(model, run_dir / ckpt.WEIGHTS)
-    model.eval()
-    task.model = model
-    metrics = ckpt.read_json(run_dir / ckpt.METRICS) if (run_dir / ckpt.METRICS).exists() else {}
-    metrics["stopped"] = stop_reason
-    return TrainResult(task, metrics, history, run_dir)
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, **kwargs) -> None: ...
+    def update(self, n: int) -> None: ...
+    def step(self, loss: float, speed: float) -> None: ...
     def close(self) -> None: ...
 
 
-def _progress(total: int, epoch: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch + 1}", file=sys.stderr, mininterval=1.0,
-                leave=False, dynamic_ncols=True)
+def _progress(total: int, epoch: int, budget: Budget, enabled: bool) -> _Bar | _NoBar:
+    return _Bar(total, epoch, budget) if enabled else _NoBar()

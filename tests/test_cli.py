@@ -9,26 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from tiny import PROBES, assert_one_line_error, write_pipeline, write_tsv
+from helpers import PROBES, assert_one_line_error, invoke, write_pipeline, write_tsv
 
+from nlpseq import checkpoint as ckpt
 from nlpseq.cli import main
 
 NLPSEQ = Path(sys.executable).parent / "nlpseq"
 
 
-def invoke(*args: str, input: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
 def test_train_prints_dev_metrics_as_json(tmp_path, corpus):
-    pipeline = write_pipeline(tmp_path, corpus, epochs=1)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus, {"train.epochs": 1})
     result = invoke("train", pipeline, "--out", tmp_path / "run", "--quiet",
                     "--set", "train.epochs=2", "--set", "model.hidden_size=4")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert {"accuracy", "macro_f1", "n"} <= set(metrics) and metrics["n"] == 8
-    history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    history = ckpt.RunDir(tmp_path / "run").history()
     assert len(history) == 2  # --set overrode the file
     assert "epoch 2" in result.stderr  # progress and logs go to stderr
 
@@ -133,13 +129,12 @@ def test_invalid_utf8(trained_run, tmp_path):
     inputs.write_bytes(b"good\n\xff\xfe bad\n")
     assert_one_line_error(invoke("predict", trained_run.run_dir, "--input", inputs),
                           f"{inputs}:2:", "UTF-8")
-    stdin = CliRunner().invoke(main, ["predict", str(trained_run.run_dir)],
-                               input=b"good\n\xff bad\n")
+    stdin = invoke("predict", trained_run.run_dir, input=b"good\n\xff bad\n")
     assert_one_line_error(stdin, "<stdin>:2:", "UTF-8")
 
 
 def test_config_with_wrong_type(tmp_path, corpus):
-    pipeline = write_pipeline(tmp_path, corpus)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus)
     text = pipeline.read_text().replace("hidden_size: 8", "hidden_size: eight")
     pipeline.write_text(text)
     line = text.splitlines().index("  hidden_size: eight") + 1
@@ -149,7 +144,7 @@ def test_config_with_wrong_type(tmp_path, corpus):
 
 
 def test_bad_override(tmp_path, corpus):
-    pipeline = write_pipeline(tmp_path, corpus)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus)
     assert_one_line_error(
         invoke("train", pipeline, "--out", tmp_path / "run", "--set", "train.epoch=3"),
         "train.epoch", "train.epochs")
@@ -157,7 +152,7 @@ def test_bad_override(tmp_path, corpus):
 
 def test_missing_training_data(tmp_path, corpus):
     corpus = {**corpus, "train": tmp_path / "nope.tsv"}
-    pipeline = write_pipeline(tmp_path, corpus)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus)
     assert_one_line_error(invoke("train", pipeline, "--out", tmp_path / "run"),
                           str(tmp_path / "nope.tsv"), "not found")
 
@@ -180,9 +175,10 @@ def test_corrupt_weights(trained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run_dir, run)
-    (run / "model.safetensors").write_bytes(b"not safetensors")
-    assert_one_line_error(invoke("predict", run, input="good\n"),
-                          str(run / "model.safetensors"), "weights")
+    weights = ckpt.RunDir(run).file(ckpt.WEIGHTS)
+    weights.unlink()  # a hard link: replace it, not the original run's file
+    weights.write_bytes(b"not safetensors")
+    assert_one_line_error(invoke("predict", run, input="good\n"), str(weights), "weights")
 
 
 def _subprocess(*args: str) -> subprocess.CompletedProcess:
@@ -224,7 +220,7 @@ def test_bench_times_a_trained_run(trained_run, tmp_path):
 
 def test_predict_format_is_for_ner_runs(trained_run):
     result = invoke("predict", trained_run.run_dir, "--format", "conll", input="a film\n")
-    assert_one_line_error(result, "--format applies to NER runs", "sentiment")
+    assert_one_line_error(result, "option 'input_format' does not apply", "sentiment")
 
 
 def test_bench_alternates_rounds(monkeypatch):

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_pipeline
 from safetensors.torch import load_file
-from tiny import write_pipeline
+
+from nlpseq import checkpoint as ckpt
 
 
 @pytest.mark.parametrize("lazy", [False, True])  # True: sparse embedding gradients
 def test_two_ranks_end_with_identical_weights(tmp_path, corpus, lazy):
-    pipeline = write_pipeline(tmp_path, corpus, epochs=2, lazy=lazy)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus,
+                              {"train.epochs": 2, "embeddings.lazy_updates": lazy})
     dump = tmp_path / "dump"
     dump.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
@@ -43,9 +46,9 @@ def test_two_ranks_end_with_identical_weights(tmp_path, corpus, lazy):
     final = load_file(str(dump / "final-rank0.safetensors"))
     assert not torch.equal(init["output.weight"], final["output.weight"])
     # Rank 0 wrote the run directory.
-    best = load_file(str(tmp_path / "run" / "model.safetensors"))
+    best = load_file(str(ckpt.RunDir(tmp_path / "run").file(ckpt.WEIGHTS)))
     for key, value in best.items():
         torch.testing.assert_close(value, load_file(str(dump / "best-rank1.safetensors"))[key])
-    history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    history = ckpt.RunDir(tmp_path / "run").history()
     assert len(history) == 2
-    assert json.loads(history[0])["step"] == 3  # 6 batches shared by 2 ranks
+    assert history[0]["step"] == 3  # 6 batches shared by 2 ranks

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from helpers import PROBES, sentences, write_pipeline, write_tsv
 from safetensors.torch import load_file
-from tiny import PROBES, sentences, write_pipeline, write_tsv
 
 import nlpseq
 from nlpseq import checkpoint as ckpt
@@ -45,24 +45,28 @@ def test_prediction_does_not_depend_on_batching(trained_run):
 
 def test_run_directory_is_complete(trained_run):
     run = trained_run.run_dir
-    names = {p.name for p in run.iterdir()}
-    assert names == {ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.LAST_WEIGHTS,
-                     ckpt.OPTIMIZER, ckpt.TRAINER_STATE, "tokenizer.json", "labels.json",
-                     "vocabulary.json"}
+    names = {p.name for p in run.iterdir() if not p.name.startswith(".")}
+    assert names == {ckpt.CONFIG, ckpt.POINTER, ckpt.CHECKPOINTS, "tokenizer.json",
+                     "labels.json"}
+    folder = ckpt.RunDir(run).current()
+    assert [p.name for p in (run / ckpt.CHECKPOINTS).iterdir()] == [folder.name]
+    assert {p.name for p in folder.iterdir()} == {
+        ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.LAST_WEIGHTS, ckpt.OPTIMIZER,
+        ckpt.TRAINER_STATE}
     # No temporary files left behind, nothing pickled: every file parses as what it claims.
     config = load_config(run / ckpt.CONFIG)
     assert config.task == "sentiment" and config.model.hidden_size == 8
-    weights = load_file(str(run / ckpt.WEIGHTS))
+    weights = load_file(str(folder / ckpt.WEIGHTS))
     assert "encoder.embedding.weight" in weights
     assert all(torch.isfinite(t).all() for t in weights.values())
-    load_file(str(run / ckpt.LAST_WEIGHTS))
-    load_file(str(run / ckpt.OPTIMIZER))
-    metrics = json.loads((run / ckpt.METRICS).read_text())
+    load_file(str(folder / ckpt.LAST_WEIGHTS))
+    load_file(str(folder / ckpt.OPTIMIZER))
+    metrics = json.loads((folder / ckpt.METRICS).read_text())
     assert metrics["selection_metric"] == "loss" and metrics["dev"]["n"] == 8
-    history = ckpt.read_jsonl(run / ckpt.HISTORY)
+    history = ckpt.read_jsonl(folder / ckpt.HISTORY)
     assert [h["epoch"] for h in history] == list(range(1, 9))
     assert all({"train_loss", "accuracy", "macro_f1", "lr"} <= set(h) for h in history)
-    state = json.loads((run / ckpt.TRAINER_STATE).read_text())
+    state = json.loads((folder / ckpt.TRAINER_STATE).read_text())
     assert state["finished"] and state["epoch"] == 8
     assert json.loads((run / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
 
@@ -101,10 +105,15 @@ def test_load_rejects_a_directory_that_is_not_a_run(tmp_path):
 def test_other_poolings_and_cells_train(tmp_path, corpus, pooling, cell):
     from nlpseq.trainer import train
 
-    config = load_config(write_pipeline(tmp_path, corpus, epochs=1, cell=cell, pooling=pooling))
+    config = load_config(write_pipeline(tmp_path, "sentiment", corpus, {
+        "train.epochs": 1, "model.cell": cell, "model.pooling": pooling}))
     result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
-    assert len(result.history) == 1 and 0 <= result.metrics["dev"]["accuracy"] <= 100
-    assert len(nlpseq.load(tmp_path / "run").predict(["good"])) == 1
+    assert len(result.history) == 1
+    # The reported accuracy is the share of dev rows the saved model predicts right.
+    dev = sentences(2, 8)
+    predicted = nlpseq.load(tmp_path / "run").predict([text for _, text in dev])
+    right = sum(p["label"] == label for p, (label, _) in zip(predicted, dev, strict=True))
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(100 * right / 8)
 
 
 def _glove(tmp_path, words: list[str], dim: int = 8):
@@ -121,7 +130,7 @@ def test_pretrained_embeddings_frozen_or_fine_tuned(tmp_path, corpus, freeze):
     from nlpseq.trainer import train
 
     glove = _glove(tmp_path, ["the", "film", "good", "bad", "is"])
-    pipeline = write_pipeline(tmp_path, corpus, epochs=1)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus, {"train.epochs": 1})
     overrides = [f"embeddings.path={glove}", f"embeddings.freeze={str(freeze).lower()}",
                  f"embeddings.cache_dir={tmp_path / 'cache'}"]
     result = train(load_config(pipeline, overrides), tmp_path / "run", log=lambda _m: None,
@@ -138,7 +147,7 @@ def test_top_level_train_stays_callable(tmp_path, corpus):
     """``nlpseq.train`` is a function even after the trainer module has been imported."""
     import nlpseq.trainer  # noqa: F401
 
-    pipeline = write_pipeline(tmp_path, corpus, epochs=1)
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus, {"train.epochs": 1})
     for name in ("a", "b"):
         result = nlpseq.train(pipeline, tmp_path / name)
         assert result.metrics["dev"]["n"] > 0

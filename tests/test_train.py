@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 from nlpseq import checkpoint as ckpt
 from nlpseq import native
+from nlpseq.batching import TokenStore
 from nlpseq.config import load_config
 from nlpseq.errors import NlpseqError
-from nlpseq.models.classifier import TextClassifier
+from nlpseq.models.classifier import ClassifierConfig, TextClassifier
 from nlpseq.tasks.sentiment import SentimentTask
 from nlpseq.trainer import clip_gradients, train
 
@@ -33,9 +34,10 @@ def assert_same_weights(a, b):
 def test_deterministic_with_seed(pipeline, tmp_path):
     first = run(pipeline, tmp_path / "a", "train.epochs=2")
     run(pipeline, tmp_path / "b", "train.epochs=2")
-    assert_same_weights(tmp_path / "a" / ckpt.LAST_WEIGHTS, tmp_path / "b" / ckpt.LAST_WEIGHTS)
+    assert_same_weights(ckpt.RunDir(tmp_path / "a").file(ckpt.LAST_WEIGHTS),
+                        ckpt.RunDir(tmp_path / "b").file(ckpt.LAST_WEIGHTS))
     run(pipeline, tmp_path / "c", "train.epochs=2", "train.seed=8")
-    other = load_file(str(tmp_path / "c" / ckpt.LAST_WEIGHTS))
+    other = load_file(str(ckpt.RunDir(tmp_path / "c").file(ckpt.LAST_WEIGHTS)))
     assert not torch.equal(other["output.weight"],
                            first.task.model.state_dict()["output.weight"])
 
@@ -51,24 +53,25 @@ def test_resume_with_more_epochs_continues(pipeline, tmp_path, ema, lazy):
     options = [f"train.ema={ema}", f"embeddings.lazy_updates={lazy}"]
     straight = run(pipeline, tmp_path / "straight", "train.epochs=4", *options)
     run(pipeline, tmp_path / "resumed", "train.epochs=2", *options)
-    assert len(ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)) == 2
+    assert len(ckpt.read_jsonl(ckpt.RunDir(tmp_path / "resumed").file(ckpt.HISTORY))) == 2
     resumed = run(pipeline, tmp_path / "resumed", "train.epochs=4", "train.resume=true",
                   *options)
-    history = ckpt.read_jsonl(tmp_path / "resumed" / ckpt.HISTORY)
+    history = ckpt.read_jsonl(ckpt.RunDir(tmp_path / "resumed").file(ckpt.HISTORY))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     # Weights, optimizer moments and RNG were restored: the same as training 4 epochs at once.
-    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
-                        tmp_path / "resumed" / ckpt.LAST_WEIGHTS)
+    assert_same_weights(ckpt.RunDir(tmp_path / "straight").file(ckpt.LAST_WEIGHTS),
+                        ckpt.RunDir(tmp_path / "resumed").file(ckpt.LAST_WEIGHTS))
     for a, b in zip(straight.history, history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["accuracy"] == b["accuracy"] and a["loss"] == pytest.approx(b["loss"], rel=1e-6)
-    assert_same_weights(tmp_path / "straight" / ckpt.WEIGHTS, tmp_path / "resumed" / ckpt.WEIGHTS)
+    assert_same_weights(ckpt.RunDir(tmp_path / "straight").file(ckpt.WEIGHTS),
+                        ckpt.RunDir(tmp_path / "resumed").file(ckpt.WEIGHTS))
     # Resuming a run that has done all its epochs does nothing.
     again = run(pipeline, tmp_path / "resumed", "train.epochs=4", "train.resume=true")
     assert len(again.history) == 4
-    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
-                        tmp_path / "resumed" / ckpt.LAST_WEIGHTS)
+    assert_same_weights(ckpt.RunDir(tmp_path / "straight").file(ckpt.LAST_WEIGHTS),
+                        ckpt.RunDir(tmp_path / "resumed").file(ckpt.LAST_WEIGHTS))
 
 
 def test_resume_after_a_crash(pipeline, tmp_path, monkeypatch):
@@ -86,13 +89,13 @@ def test_resume_after_a_crash(pipeline, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(pipeline, tmp_path / "crashed", "train.epochs=3")
     monkeypatch.setattr(TextClassifier, "forward", forward)
-    assert len(ckpt.read_jsonl(tmp_path / "crashed" / ckpt.HISTORY)) == 1
-    assert not list((tmp_path / "crashed").glob(".*.tmp"))
+    assert len(ckpt.read_jsonl(ckpt.RunDir(tmp_path / "crashed").file(ckpt.HISTORY))) == 1
+    assert not list((tmp_path / "crashed").rglob("*.tmp"))
     run(pipeline, tmp_path / "crashed", "train.epochs=3", "train.resume=true")
-    history = ckpt.read_jsonl(tmp_path / "crashed" / ckpt.HISTORY)
+    history = ckpt.read_jsonl(ckpt.RunDir(tmp_path / "crashed").file(ckpt.HISTORY))
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert_same_weights(tmp_path / "straight" / ckpt.LAST_WEIGHTS,
-                        tmp_path / "crashed" / ckpt.LAST_WEIGHTS)
+    assert_same_weights(ckpt.RunDir(tmp_path / "straight").file(ckpt.LAST_WEIGHTS),
+                        ckpt.RunDir(tmp_path / "crashed").file(ckpt.LAST_WEIGHTS))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipeline, tmp_path, monkeypatch):
@@ -104,7 +107,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipeline, tmp_path, m
     def nan_in_epoch_2(self, batch, carry=None):
         calls["n"] += 1
         if calls["n"] == 7:  # first batch of epoch 2: remember the checkpoint of epoch 1
-            saved.update({name: (out / name).read_bytes()
+            saved.update({name: ckpt.RunDir(out).file(name).read_bytes()
                           for name in (ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY)})
         loss, count, carry = forward(self, batch, carry)
         if calls["n"] >= 9:
@@ -115,7 +118,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipeline, tmp_path, m
     with pytest.raises(NlpseqError, match="loss is nan.*epoch 2") as err:
         run(pipeline, out, "train.epochs=3")
     assert str(out) in str(err.value)
-    assert saved and all((out / name).read_bytes() == data for name, data in saved.items())
+    assert saved and all(ckpt.RunDir(out).file(name).read_bytes() == data
+                         for name, data in saved.items())
     monkeypatch.setattr(TextClassifier, "forward", forward)
     import nlpseq
 
@@ -131,7 +135,7 @@ def test_max_minutes_stops_within_budget(pipeline, tmp_path):
     took = time.monotonic() - start
     assert took < budget + 1.0
     assert result.metrics["stopped"] == "time budget"
-    assert (tmp_path / "run" / ckpt.WEIGHTS).is_file()
+    assert (ckpt.RunDir(tmp_path / "run").file(ckpt.WEIGHTS)).is_file()
     assert len(result.history) >= 1
     assert result.metrics["best_epoch"] == max(
         result.history, key=lambda h: (h["accuracy"], -h["epoch"]))["epoch"]
@@ -188,33 +192,31 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 
 def test_weights_and_optimizer_round_trip(tmp_path):
+    config = ClassifierConfig(embedding_dim=4, hidden_size=3)
     torch.manual_seed(0)
-    model = TextClassifier(10, 2, embedding_dim=4, hidden_size=3)
+    model = TextClassifier(config, 10, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    from nlpseq.batching import collate_text
-
-    batch = collate_text([[4, 5], [6]], [0, 1])
+    batch = TokenStore([[4, 5], [6]]).collate([0, 1], torch.tensor([0, 1]))
     loss, _, _ = model(batch)
     loss.backward()
     optimizer.step()
     ckpt.save_weights(model, tmp_path / "w.safetensors")
-    rng_state = torch.get_rng_state()
-    extra = {"0": torch.arange(3.0)}
-    rest = ckpt.save_optimizer(optimizer, tmp_path / "o.safetensors", rng=rng_state,
-                               extra=extra)
+    extra = {"rng": torch.get_rng_state(), "0": torch.arange(3.0)}
+    tensors, rest = ckpt.optimizer_tensors(optimizer, extra)
+    ckpt.tensors_writer(tensors)(tmp_path / "o.safetensors")
     torch.manual_seed(1)
-    other = TextClassifier(10, 2, embedding_dim=4, hidden_size=3)
+    other = TextClassifier(config, 10, 2)
     other_opt = torch.optim.Adam(other.parameters(), lr=0.1)
     ckpt.load_weights(other, tmp_path / "w.safetensors")
-    rng, extra_back = ckpt.load_optimizer(other_opt, tmp_path / "o.safetensors", rest)
-    assert torch.equal(rng, rng_state)
-    assert extra_back.keys() == {"0"} and torch.equal(extra_back["0"], extra["0"])
+    extra_back = ckpt.load_optimizer(other_opt, tmp_path / "o.safetensors", rest)
+    assert extra_back.keys() == extra.keys()
+    assert all(torch.equal(extra_back[k], extra[k]) for k in extra)
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     for p, q in zip(model.parameters(), other.parameters()):
         sa, sb = optimizer.state[p], other_opt.state[q]
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
-    wrong = TextClassifier(10, 3, embedding_dim=4, hidden_size=3)
+    wrong = TextClassifier(config, 10, 3)
     with pytest.raises(NlpseqError, match="do not match"):
         ckpt.load_weights(wrong, tmp_path / "w.safetensors")
 

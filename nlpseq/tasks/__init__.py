@@ -1,4 +1,8 @@
-"""The explicit table of tasks: task name -> the class that implements it."""
+"""The explicit table of tasks: task name -> the class that implements it.
+
+A new task is one row here, one task module (a :class:`~nlpseq.tasks.base.Task` subclass with
+its ``ModelConfig``) and one model file.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import importlib
 
 from nlpseq.tasks.base import Task
 
-#: task name -> "module:Class" (imported on first use so the CLI starts fast)
-TASKS: dict[str, str] = {
+#: task name -> "module:Class" (imported on first use so the CLI starts fast) or the class
+TASKS: dict[str, str | type[Task]] = {
     "sentiment": "nlpseq.tasks.sentiment:SentimentTask",
     "ner": "nlpseq.tasks.ner:NerTask",
     "chargen": "nlpseq.tasks.chargen:ChargenTask",
@@ -19,5 +23,8 @@ def task_class(name: str) -> type[Task]:
     """The :class:`Task` subclass registered for ``name``."""
     if name not in TASKS:
         raise KeyError(f"task {name!r} is not implemented (available: {', '.join(TASKS)})")
-    module, _, cls = TASKS[name].partition(":")
+    entry = TASKS[name]
+    if not isinstance(entry, str):
+        return entry
+    module, _, cls = entry.partition(":")
     return getattr(importlib.import_module(module), cls)

@@ -1,12 +1,24 @@
 """What every task provides to the trainer, the checkpoint code and the CLI.
 
-A task object owns the task's artifacts (tokenizer, vocabularies), turns corpora into
-batches, builds its model, evaluates it and, once loaded from a run directory, predicts.
-``nlpseq.load(run_dir)`` returns a task object with its model: that is the predictor.
+A task object owns the task's artifacts (tokenizer, vocabularies) and its model: it turns
+corpora into batches, builds the model (:meth:`Task.init_model`), evaluates it and, loaded
+from a run directory (:meth:`Task.from_run`), predicts. The model is only ever set by the
+task's own methods. Streaming prediction over lines, the epoch order seed and the
+"no dev data" error live here once; a task adds what differs:
+
+* :meth:`read_input` turns input lines into prediction items (default: the lines),
+* :meth:`predict` maps a list of items to a list of results,
+* :meth:`format_output` prints one result (plain or as JSON).
+
+``commands`` names the CLI commands a task's runs answer beyond ``train`` and ``evaluate``,
+and ``input_options`` / ``predict_options`` the keyword options those commands may pass, so
+the CLI needs no branch per task.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,8 +28,12 @@ import torch
 from torch import nn
 
 from nlpseq.config import PipelineConfig
+from nlpseq.errors import NlpseqError
 
 Log = Callable[[str], None]
+
+#: items predicted together by :meth:`Task.predict_lines` (bounds memory on endless input)
+PREDICT_CHUNK = 1024
 
 
 class Task(ABC):
@@ -27,11 +43,16 @@ class Task(ABC):
     #: dev metrics usable for model selection -> True when higher is better
     metrics: ClassVar[dict[str, bool]]
     default_metric: ClassVar[str]
+    #: CLI commands besides train/evaluate that this task's runs answer
+    commands: ClassVar[frozenset[str]] = frozenset({"predict"})
+    #: keyword options of :meth:`read_input` and of :meth:`predict`
+    input_options: ClassVar[tuple[str, ...]] = ()
+    predict_options: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.model: nn.Module | None = None
-        self.device = torch.device("cpu")
+        self.device = torch.device(device)
 
     # --- training side -------------------------------------------------------------------
     @abstractmethod
@@ -63,14 +84,83 @@ class Task(ABC):
         """Initial recurrent state carried across training batches (stateful tasks only)."""
         return None
 
+    def init_model(self, log: Log, pretrained: bool = True) -> nn.Module:
+        """Build this task's model on its device and keep it."""
+        self.model = self.build_model(log, pretrained=pretrained).to(self.device)
+        return self.model
+
+    def load_weights(self, path: Path) -> None:
+        """Load weights into the task's model and switch it to inference."""
+        from nlpseq.checkpoint import load_weights
+
+        load_weights(self.model, path)
+        self.model.eval()
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of ``epoch``'s batch order: the same order whenever the epoch is run."""
+        return self.config.train.seed * 1000 + epoch
+
+    def require_dev(self, present: bool, what: str = "data.dev") -> None:
+        if not present:
+            raise NlpseqError(f"no dev data: set {what}", self.config.source or None)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, config: PipelineConfig, weights: Path,
+                 device: torch.device) -> Task:
+        """The task of a trained run, with its artifacts and best weights, ready to predict."""
+        task = cls(config, device)
+        task.load_artifacts(run_dir)
+        task.init_model(lambda _message: None, pretrained=False)
+        task.load_weights(weights)
+        return task
+
     # --- inference side ------------------------------------------------------------------
     @abstractmethod
-    def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+    def evaluate_files(self, paths: list[str], **options: Any) -> dict[str, Any]:
         """Metrics of the loaded model on data files (the CLI ``evaluate`` command)."""
 
     @abstractmethod
-    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
-        """One output per input line (the CLI ``predict`` command)."""
+    def predict(self, items: list[Any], **options: Any) -> list[Any]:
+        """One result per item, in order."""
+
+    def format_output(self, result: Any, as_json: bool) -> str:
+        """One result as printed by ``predict``: JSON, or the task's plain form."""
+        return json.dumps(result, ensure_ascii=False)
+
+    def read_input(self, lines: Iterator[str], **options: Any) -> Iterator[Any]:
+        """Prediction items from input lines (default: one item a line)."""
+        return lines
+
+    def require(self, command: str) -> Task:
+        """Refuse a CLI command this task's runs do not answer, naming those they do."""
+        if command not in self.commands:
+            offered = ", ".join(sorted(self.commands)) or "only train and evaluate"
+            raise NlpseqError(f"{command} needs a run of a task that offers it; this is a "
+                              f"{self.name} run, which answers {offered}")
+        return self
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse an option this task does not take, naming it."""
+        allowed = {*self.input_options, *self.predict_options}
+        for option in options:
+            if option not in allowed:
+                raise NlpseqError(f"option {option!r} does not apply to a {self.name} run")
+
+    def predict_lines(self, lines: Iterable[str], as_json: bool = False,
+                      **options: Any) -> Iterator[str]:
+        """Streamed prediction: outputs for the first lines appear while later lines are still
+        being read, and memory stays bounded by :data:`PREDICT_CHUNK` items."""
+        self.check_options(options)
+        reading = {k: v for k, v in options.items() if k in self.input_options}
+        predicting = {k: v for k, v in options.items() if k in self.predict_options}
+        items = iter(self.read_input(iter(lines), **reading))
+        while chunk := list(itertools.islice(items, PREDICT_CHUNK)):
+            for result in self.predict_records(chunk, **predicting):
+                yield self.format_output(result, as_json)
+
+    def predict_records(self, items: list[Any], **options: Any) -> list[Any]:
+        """What ``predict`` prints for each item (default: :meth:`predict`'s results)."""
+        return self.predict(items, **options)
 
     def to(self, device: torch.device | str) -> Task:
         self.device = torch.device(device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,12 @@ from nlpseq.corpora import read_text
 from nlpseq.decoding import check_sampling_options, generate
 from nlpseq.errors import NlpseqError
 from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
-from nlpseq.models.charlm import CharLM
-from nlpseq.tasks.base import Log, Task
+from nlpseq.models.charlm import CharLM, CharLMConfig
+from nlpseq.runtime import log_stderr
+from nlpseq.tasks.base import Log, Task, text_list
 from nlpseq.tokenize import SPECIALS, UNK, TextTokenizer
 
 TOKENIZER = "tokenizer.json"
-
-
-def warn_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class CharCodec:
@@ -85,11 +81,15 @@ class ChargenTask(Task):
     """A character language model trained on one text; generates text from a prompt."""
 
     name = "chargen"
+    ModelConfig = CharLMConfig
+    formats = ("text",)
     metrics = {"loss": False, "bpc": False, "perplexity": False}
     default_metric = "loss"
 
-    def __init__(self, config):
-        super().__init__(config)
+    commands = frozenset({"predict", "generate"})
+
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
         self.codec: CharCodec | None = None
         self.train_ids = torch.zeros(0, dtype=torch.long)
         self.val_ids = torch.zeros(0, dtype=torch.long)
@@ -158,17 +158,7 @@ class ChargenTask(Task):
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
-        m = self.config.model
-        return CharLM(
-            self.codec.vocab_size,
-            embedding_dim=m.embedding_dim,
-            hidden_size=m.hidden_size,
-            layers=m.layers,
-            cell=m.cell,
-            dropout=m.dropout,
-            tie_weights=m.tie_weights,
-            bf16=m.bf16,
-        )
+        return CharLM(self.config.model, self.codec.vocab_size)
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[LMBatch]:
         """Windows of this rank's lanes, in reading order (never shuffled: the state carries).
@@ -205,21 +195,27 @@ class ChargenTask(Task):
         if len(ids) < 2:
             raise NlpseqError("the text needs at least 2 characters to score", paths[0])
         if unknown:
-            warn_stderr(f"{paths[0]}: characters not seen in training: {describe(unknown)}")
+            log_stderr(f"{paths[0]}: characters not seen in training: {describe(unknown)}")
         return self._score(self.model, ids)
 
-    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
-        """Score each line on its own (from a fresh state): bits per character, or JSON with
-        loss, bpc, perplexity and n_chars. A line of fewer than 2 characters has no score:
-        ``nan``, or ``null`` in JSON (which has no NaN)."""
-        for line in lines:
-            ids, _ = self.codec.encode(line)
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Score each text on its own (from a fresh state): loss (nats/char), bpc, perplexity
+        and n_chars. A text of fewer than 2 characters has no score: None in each figure."""
+        out = []
+        for text in text_list(texts, "predict"):
+            ids, _ = self.codec.encode(text)
             if len(ids) < 2:
-                none = {"loss": None, "bpc": None, "perplexity": None, "n_chars": 0}
-                yield json.dumps(none) if as_json else "nan"
-                continue
-            scores = evaluate_stream(self.model, ids, 1, len(ids), self.device)
-            yield json.dumps(scores) if as_json else f"{scores['bpc']:.4f}"
+                out.append({"loss": None, "bpc": None, "perplexity": None, "n_chars": 0})
+            else:
+                out.append(evaluate_stream(self.model, ids, 1, len(ids), self.device))
+        return out
+
+    def format_output(self, result: dict[str, Any], as_json: bool) -> str:
+        """Bits per character (``nan`` where a line has none), or JSON (null: JSON has no
+        NaN)."""
+        if as_json:
+            return json.dumps(result)
+        return "nan" if result["bpc"] is None else f"{result['bpc']:.4f}"
 
     # --- generation ----------------------------------------------------------------------
     def _step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -240,7 +236,7 @@ class ChargenTask(Task):
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
-        warn: Log = warn_stderr,
+        warn: Log = log_stderr,
     ) -> Iterator[str]:
         """The characters that follow ``prompt``, one at a time (the prompt is not repeated).
 

@@ -8,23 +8,27 @@ scheme of the input. Entity F1 is computed like conlleval (span and type must bo
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nlpseq.batching import bucket_batches
+from nlpseq.batching import TokenStore, bucket_batches
 from nlpseq.checkpoint import atomic_path
 from nlpseq.config import TokenizerConfig
-from nlpseq.corpora import TaggedData, parse_conll, read_conll
-from nlpseq.embeddings import pretrained_matrix
+from nlpseq.corpora import TaggedData, looks_like_conll, parse_conll, read_conll
+from nlpseq.embeddings import (
+    extend_vocabulary,
+    initial_vectors,
+    load_fixed_vectors,
+    save_fixed_vectors,
+)
 from nlpseq.errors import NlpseqError
-from nlpseq.models.tagger import SequenceTagger, TaggerBatch, casing
+from nlpseq.models.tagger import SequenceTagger, TaggerBatch, TaggerConfig, casing
 from nlpseq.tagschemes import (
     SpanF1,
     allowed_transitions,
@@ -41,59 +45,45 @@ from nlpseq.vocab import LabelVocab
 TOKENIZER = "tokenizer.json"
 CHARS = "chars.json"
 TAGS = "tags.json"
-VECTORS = "vectors.safetensors"
-VECTOR_WORDS = "vectors.json"
 
 MAX_WORD_CHARS = 40  # longer tokens (URLs, ...) are cut for the character encoder
-_DIGIT = re.compile(r"\d")
 
 
 class TokenTable:
-    """Sentences stored as flat ids of distinct token strings, with per-token-string features
-    (word id, pretrained row, casing, characters) computed once per distinct string."""
+    """Sentences as a :class:`TokenStore` of distinct-token-string ids (0 is padding), their
+    tags as a second one, and per-string features (word id, casing, characters) computed
+    once per distinct string."""
 
     def __init__(
         self,
         sentences: Sequence[Sequence[str]],
         tags: Sequence[Sequence[int]] | None,
-        featurize,
+        featurize: Callable[[list[str]], dict[str, torch.Tensor]],
     ):
-        types: dict[str, int] = {"": 0}  # type 0 is padding
-        flat: list[int] = []
-        for sentence in sentences:
-            for token in sentence:
-                flat.append(types.setdefault(token, len(types)))
-        self.lengths = torch.tensor([len(s) for s in sentences], dtype=torch.long)
-        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        self.flat = torch.tensor(flat, dtype=torch.long)
-        self.tags = (
-            torch.tensor([t for row in tags for t in row], dtype=torch.long)
-            if tags is not None else None
-        )
+        types: dict[str, int] = {"": 0}
+        self.tokens = TokenStore([[types.setdefault(t, len(types)) for t in s]
+                                  for s in sentences])
+        self.tags = TokenStore(tags) if tags is not None else None
         self.type_features = featurize(list(types))
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.tokens.lengths
+
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.tokens)
 
     def collate(self, indices: Sequence[int]) -> TaggerBatch:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        lengths = self.lengths[index]  # (B,)
-        steps = torch.arange(int(lengths.max()))  # (T,)
-        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        positions = (self.offsets[index].unsqueeze(1) + steps).clamp(max=len(self.flat) - 1)
-        types = self.flat[positions].masked_fill(~mask, 0)  # (B, T)
+        batch = self.tokens.collate(indices)
+        types = batch.ids  # (B, T), 0 at padding
         distinct, word_index = torch.unique(types, return_inverse=True)  # (U,), (B, T)
         features = self.type_features
         chars = features["chars"][distinct]  # (U, Lmax)
         chars = chars[:, : max(int(features["char_lengths"][distinct].max()), 1)]
-        tags = None
-        if self.tags is not None:
-            tags = self.tags[positions].masked_fill(~mask, 0)
         return TaggerBatch(
-            ids=features["ids"][types], lengths=lengths, mask=mask,
+            ids=features["ids"][types], lengths=batch.lengths, mask=batch.mask,
             casing=features["casing"][types], word_chars=chars, word_index=word_index,
-            pretrained_ids=features["pretrained"][types] if "pretrained" in features else None,
-            tags=tags,
+            tags=self.tags.collate(indices).ids if self.tags is not None else None,
         )
 
 
@@ -101,16 +91,20 @@ class NerTask(Task):
     """Tag each token of each sentence; entity precision, recall and F1 as conlleval."""
 
     name = "ner"
+    ModelConfig = TaggerConfig
+    formats = ("conll",)
     metrics = {"f1": True, "precision": True, "recall": True, "accuracy": True}
     default_metric = "f1"
 
-    def __init__(self, config):
-        super().__init__(config)
+    input_options = ("input_format",)
+
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
         self.tokenizer: TextTokenizer | None = None
         self.char_tokenizer: TextTokenizer | None = None
         self.tags: LabelVocab | None = None
-        self.vector_words: dict[str, int] | None = None  # frozen pretrained table rows
-        self.vectors: torch.Tensor | None = None
+        self.trained_vocab_size = 0  # word ids from here on have fixed pretrained vectors
+        self.fixed_vectors: torch.Tensor | None = None  # (ids - trained_vocab_size, E)
         self.train_table: TokenTable | None = None
         self.dev_data: TaggedData | None = None
         self.dev_table: TokenTable | None = None
@@ -173,27 +167,12 @@ class NerTask(Task):
         char_matrix = torch.tensor(
             [[0] * width] + [c + [0] * (width - len(c)) for c in chars], dtype=torch.long
         )
-        features = {
+        return {
             "ids": torch.tensor([0, *ids], dtype=torch.long),
             "casing": torch.tensor([0] + [casing(t) for t in types[1:]], dtype=torch.long),
             "chars": char_matrix,
             "char_lengths": char_lengths,
         }
-        if self.vector_words is not None:
-            features["pretrained"] = torch.tensor(
-                [0] + [self._vector_row(t) for t in types[1:]], dtype=torch.long
-            )
-        return features
-
-    def _vector_row(self, token: str) -> int:
-        rows = self.vector_words
-        row = rows.get(token)
-        if row is None:
-            lower = token.lower()
-            row = rows.get(lower)
-            if row is None:
-                row = rows.get(_DIGIT.sub("0", lower), 0)
-        return row
 
     def _table(self, data: TaggedData, with_tags: bool = True) -> TokenTable:
         tags = self._tag_ids(data) if with_tags else None
@@ -210,21 +189,22 @@ class NerTask(Task):
         if artifacts is not None:
             self.load_artifacts(artifacts)
         else:
-            self.tokenizer = TextTokenizer.train(
+            tokenizer = TextTokenizer.train(
                 (" ".join(s) for s in train.tokens), self.config.tokenizer
             )
+            # model.frozen_vectors: every word of the file keeps its vector
+            extra = emb.extend_vocab or (-1 if self.config.model.frozen_vectors else 0)
+            self.tokenizer, self.trained_vocab_size = extend_vocabulary(tokenizer, emb, extra)
             char_config = TokenizerConfig(kind="char", min_frequency=1, max_size=100000)
             self.char_tokenizer = TextTokenizer.train(
                 (" ".join(s) for s in train.tokens), char_config
             )
             types = sorted({split_tag(t)[1] for s in train.tags for t in s if t != "O"})
             self.tags = LabelVocab(scheme_tags(types, self.train_scheme))
-            if emb.path and self.config.model.frozen_vectors:
-                self.vector_words, self.vectors = _vector_table(emb.path, emb.format,
-                                                                emb.cache_dir, log)
         self.train_table = self._table(train)
         log(f"train: {len(train.tokens)} sentences, {int(self.train_table.lengths.sum())} tokens "
-            f"from {train.path}; vocabulary {self.tokenizer.vocab_size} words, "
+            f"from {train.path}; vocabulary {self.trained_vocab_size} trained + "
+            f"{self.tokenizer.vocab_size - self.trained_vocab_size} fixed words, "
             f"{self.char_tokenizer.vocab_size} characters; tags {self.train_scheme} "
             f"({', '.join(self.entity_types)})")
         if data.dev:
@@ -239,60 +219,35 @@ class NerTask(Task):
             self.char_tokenizer.save(tmp)
         with atomic_path(directory / TAGS) as tmp:
             self.tags.save(tmp)
-        if self.vectors is not None:
-            from safetensors.torch import save_file
-
-            words = [""] * len(self.vector_words)
-            for word, row in self.vector_words.items():
-                words[row] = word
-            with atomic_path(directory / VECTOR_WORDS) as tmp:
-                Path(tmp).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
-            with atomic_path(directory / VECTORS) as tmp:
-                save_file({"vectors": self.vectors.contiguous()}, tmp)
+        save_fixed_vectors(directory, self.fixed_vectors)
 
     def load_artifacts(self, directory: Path) -> None:
         self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
         self.char_tokenizer = TextTokenizer.load(directory / CHARS)
         self.tags = LabelVocab.load(directory / TAGS)
-        if (directory / VECTORS).is_file():
-            from safetensors.torch import load_file
-
-            try:
-                self.vectors = load_file(str(directory / VECTORS))["vectors"]
-                words = json.loads((directory / VECTOR_WORDS).read_text(encoding="utf-8"))
-            except (OSError, ValueError, KeyError) as err:
-                raise NlpseqError(f"cannot read pretrained vectors: {err}", directory) from None
-            self.vector_words = {w: i for i, w in enumerate(words)}
+        self.fixed_vectors = load_fixed_vectors(directory)
+        fixed = len(self.fixed_vectors) if self.fixed_vectors is not None else 0
+        self.trained_vocab_size = self.tokenizer.vocab_size - fixed
 
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
         m, emb = self.config.model, self.config.embeddings
         matrix = None
-        if pretrained and emb.path:
-            matrix, _ = pretrained_matrix(
-                emb.path, emb.format, self.tokenizer.vocabulary(), m.embedding_dim,
-                cache_dir=emb.cache_dir, seed=self.config.train.seed, skip=4,
-            )
-        if m.frozen_vectors and emb.path and self.vectors is None:
-            raise NlpseqError("model.frozen_vectors is set but the run has no vectors file",
-                              self.config.source)
+        if pretrained:  # else the fixed rows came with the run directory's artifacts
+            matrix, self.fixed_vectors = initial_vectors(
+                emb, self.tokenizer.vocabulary(), self.trained_vocab_size, m.embedding_dim,
+                self.config.train.seed)
         constraints = allowed_transitions(self.tags.labels, self.train_scheme)
         return SequenceTagger(
-            self.tokenizer.vocab_size, self.char_tokenizer.vocab_size, len(self.tags),
-            embedding_dim=m.embedding_dim, hidden_size=m.hidden_size, cell=m.cell,
-            layers=m.layers, bidirectional=m.bidirectional, dropout=m.dropout,
-            embedding_dropout=m.embedding_dropout, word_dropout=m.word_dropout,
-            char_encoder=m.char_encoder, char_embedding_dim=m.char_embedding_dim,
-            char_hidden_size=m.char_hidden_size, char_kernel_size=m.char_kernel_size,
-            casing_dim=m.casing_dim, output=m.output, constraints=constraints,
-            pretrained=matrix, freeze_embeddings=emb.freeze and matrix is not None,
-            frozen_vectors=self.vectors if m.frozen_vectors else None,
-            sparse_embedding=emb.lazy_updates,
+            m, self.trained_vocab_size, self.char_tokenizer.vocab_size, len(self.tags),
+            constraints=constraints, pretrained=matrix,
+            freeze_embeddings=emb.freeze and matrix is not None,
+            fixed_vectors=self.fixed_vectors, sparse_embedding=emb.lazy_updates,
         )
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TaggerBatch]:
         t = self.config.train
         order = bucket_batches(
-            self.train_table.lengths.tolist(), t.batch_size, seed=t.seed * 1000 + epoch,
+            self.train_table.lengths.tolist(), t.batch_size, seed=self.epoch_seed(epoch),
             pool=t.bucket_pool,
         )
         return [self.train_table.collate(b) for b in shard(order, rank, world_size)]
@@ -322,8 +277,7 @@ class NerTask(Task):
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        if self.dev_table is None:
-            raise NlpseqError("no dev data: set data.dev", self.config.source)
+        self.require_dev(self.dev_table is not None)
         return self._scores(model, self.dev_data, self.dev_table)
 
     def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
@@ -367,118 +321,35 @@ class NerTask(Task):
                 out[i] = row
         return out
 
-    def predict_lines(
-        self, lines: Iterable[str], as_json: bool = False, input_format: str = "auto"
-    ) -> Iterator[str]:
-        """CoNLL input (tokens in the first column, blank lines between sentences) or plain
-        text (one whitespace-tokenised sentence a line) -> ``token<TAB>tag`` lines with a
-        blank line after each sentence (``as_json``: one JSON object per sentence).
-        ``input_format`` is ``conll``, ``text`` or ``auto`` (judged from the first 200 lines)."""
+    def read_input(self, lines: Iterator[str], input_format: str = "auto") -> Iterator[list[str]]:
+        """Sentences from CoNLL input (tokens in the first column, blank lines between
+        sentences) or plain text (one whitespace-tokenised sentence a line); ``input_format``
+        is ``conll``, ``text`` or ``auto`` (judged from the first 200 lines)."""
         if input_format not in ("auto", "conll", "text"):
             raise ValueError(f"unknown input format {input_format!r}")
-        lines = iter(lines)
-        head = []
-        for line in lines:
-            head.append(line)
-            if len(head) >= 200:
-                break
-        numbered = enumerate(_chain(head, lines), 1)
+        head = list(itertools.islice(lines, 200))
+        numbered = enumerate(itertools.chain(head, lines), 1)
         if input_format == "auto":
-            conll = _looks_like_conll(head, self.config.data.tag_column, self.data_scheme)
+            conll = looks_like_conll(head, self.config.data.tag_column, self.data_scheme)
         else:
             conll = input_format == "conll"
         if conll:
             # Column counts are checked as in training data; tags, if present, are ignored.
             data = parse_conll(numbered, "input", self.config.data.tag_column,
                                require_tags=False)
-            sentences: Iterable[list[str]] = data.tokens
-        else:
-            sentences = (line.split() for _, line in numbered)
-        chunk: list[list[str]] = []
-        for sentence in _iter_or_none(sentences):
-            if sentence is not None:
-                chunk.append(sentence)
-            if chunk and (sentence is None or len(chunk) == 1024):
-                for words, tags in zip(chunk, self._predict_tokens(chunk)):
-                    if as_json:
-                        yield json.dumps({
-                            "tokens": words, "tags": tags,
-                            "spans": [list(s) for s in tags_to_spans(tags, self.data_scheme)],
-                        })
-                    else:
-                        yield from (f"{w}\t{t}" for w, t in zip(words, tags))
-                        yield ""
-                chunk = []
+            return iter(data.tokens)
+        return (line.split() for _, line in numbered)
 
+    def predict_records(self, sentences: list[list[str]]) -> list[dict[str, Any]]:
+        return [
+            {"tokens": words, "tags": tags,
+             "spans": [list(s) for s in tags_to_spans(tags, self.data_scheme)]}
+            for words, tags in zip(sentences, self._predict_tokens(sentences))
+        ]
 
-def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
-    yield from head
-    yield from rest
-
-
-def _iter_or_none(items: Iterable[Any]) -> Iterator[Any]:
-    yield from items
-    yield None
-
-
-def _looks_like_conll(head: list[str], tag_column: int, scheme: str) -> bool:
-    """CoNLL when the input starts with ``-DOCSTART-``, or its first sentence is one token a
-    line with a tag column, or it is one token a line with blank lines between sentences."""
-    block = []
-    for line in head:
-        if not line.strip():
-            if block:
-                break
-            continue
-        block.append(line.split())
-    if not block:
-        return False
-    if block[0][0] == "-DOCSTART-":
-        return True
-    widths = {len(fields) for fields in block}
-    if widths == {1}:
-        return len(block) < len([line for line in head if line.strip()])
-    if len(widths) != 1 or len(block) < 2:
-        return False
-    width = widths.pop()
-    column = tag_column if tag_column >= 0 else width + tag_column
-    if not 1 <= column < width:
-        return False
-    try:
-        for fields in block:
-            validate_tag(fields[column], scheme)
-    except ValueError:
-        return False
-    return True
-
-
-def _vector_table(path: str, fmt: str, cache_dir: str, log: Log) -> tuple[dict[str, int], Any]:
-    """The whole pretrained table (row 0 is a zero vector for words without one), cached."""
-    from safetensors.torch import load_file, save_file
-
-    from nlpseq.embeddings import load_vectors
-
-    cache = None
-    file = Path(path).expanduser()
-    if cache_dir and file.is_file():
-        stat = file.stat()
-        key = hashlib.sha256(f"{file.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}\n{fmt}"
-                             .encode()).hexdigest()[:24]
-        cache = Path(cache_dir).expanduser() / f"table-{key}"
-        if (cache.with_suffix(".json")).is_file() and cache.with_suffix(".safetensors").is_file():
-            words = json.loads(cache.with_suffix(".json").read_text(encoding="utf-8"))
-            vectors = load_file(str(cache.with_suffix(".safetensors")))["vectors"]
-            log(f"pretrained table: {len(words) - 1} vectors (cached)")
-            return {w: i for i, w in enumerate(words)}, vectors
-    keyed = load_vectors(path, fmt)
-    words = ["<none>", *keyed.index_to_key]
-    vectors = torch.cat([torch.zeros(1, keyed.vector_size),
-                         torch.from_numpy(keyed.vectors.astype("float32"))])
-    log(f"pretrained table: {len(words) - 1} vectors of dimension {keyed.vector_size}")
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache.with_suffix(".safetensors")) as tmp:
-            save_file({"vectors": vectors.contiguous()}, tmp)
-        with atomic_path(cache.with_suffix(".json")) as tmp:
-            Path(tmp).write_text(json.dumps(words, ensure_ascii=False), encoding="utf-8")
-    return {w: i for i, w in enumerate(words)}, vectors
+    def format_output(self, result: dict[str, Any], as_json: bool) -> str:
+        """``token<TAB>tag`` lines and a blank line after the sentence, or one JSON object."""
+        if as_json:
+            return json.dumps(result, ensure_ascii=False)
+        return "\n".join([*(f"{w}\t{t}" for w, t in zip(result["tokens"], result["tags"])),
+                          ""])

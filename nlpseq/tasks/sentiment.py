@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,23 @@ import torch
 from torch import nn
 
 from nlpseq.batching import TextBatch, TokenStore, bucket_batches
-from nlpseq.checkpoint import atomic_path, read_json, write_json
+from nlpseq.checkpoint import atomic_path
 from nlpseq.corpora import LabelledData, load_hub, read_labelled
-from nlpseq.embeddings import pretrained_matrix, pretrained_words
+from nlpseq.embeddings import (
+    extend_vocabulary,
+    initial_vectors,
+    load_fixed_vectors,
+    save_fixed_vectors,
+)
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import ClassificationCounts
-from nlpseq.models.classifier import TextClassifier
+from nlpseq.models.classifier import ClassifierConfig, TextClassifier
 from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import UNK, TextTokenizer
 from nlpseq.vocab import LabelVocab
 
 TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
-VOCABULARY = "vocabulary.json"
 
 
 def file_format(path: str, default: str) -> str:
@@ -39,14 +42,17 @@ class SentimentTask(Task):
     """Texts with one label each; accuracy and F1."""
 
     name = "sentiment"
+    ModelConfig = ClassifierConfig
+    formats = ("tsv", "csv", "jsonl", "hub")
     metrics = {"accuracy": True, "macro_f1": True, "loss": False}
     default_metric = "accuracy"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
         self.tokenizer: TextTokenizer | None = None
         self.labels: LabelVocab | None = None
         self.trained_vocab_size = 0  # ids from here on have fixed pretrained vectors
+        self.fixed_vectors: torch.Tensor | None = None  # (ids - trained_vocab_size, E)
         self.train_ids = TokenStore([])
         self.train_labels = torch.zeros(0, dtype=torch.long)
         self.dev_ids: list[list[int]] = []
@@ -82,15 +88,11 @@ class SentimentTask(Task):
         if artifacts is not None:
             self.load_artifacts(artifacts)
         else:
-            self.tokenizer = TextTokenizer.train(train.texts, self.config.tokenizer)
+            tokenizer = TextTokenizer.train(train.texts, self.config.tokenizer)
             self.labels = LabelVocab.from_data(train.labels)
-            self.trained_vocab_size = self.tokenizer.vocab_size
             emb = self.config.embeddings
-            if emb.extend_vocab and emb.path:
-                words = pretrained_words(
-                    emb.path, emb.format, cache_dir=emb.cache_dir, limit=emb.extend_vocab
-                )
-                self.tokenizer = self.tokenizer.extended(words)
+            self.tokenizer, self.trained_vocab_size = extend_vocabulary(
+                tokenizer, emb, emb.extend_vocab)
         ids, labels = self._encode(train)
         self.train_ids, self.train_labels = TokenStore(ids), torch.tensor(labels)
         log(f"train: {len(self.train_ids)} examples from {train.path}; "
@@ -107,42 +109,32 @@ class SentimentTask(Task):
             self.tokenizer.save(tmp)
         with atomic_path(directory / LABELS) as tmp:
             self.labels.save(tmp)
-        write_json(directory / VOCABULARY, {"trained_size": self.trained_vocab_size})
+        save_fixed_vectors(directory, self.fixed_vectors)
 
     def load_artifacts(self, directory: Path) -> None:
         self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
         self.labels = LabelVocab.load(directory / LABELS)
-        vocabulary = directory / VOCABULARY
-        self.trained_vocab_size = (
-            read_json(vocabulary)["trained_size"] if vocabulary.exists()
-            else self.tokenizer.vocab_size
-        )
+        self.fixed_vectors = load_fixed_vectors(directory)
+        fixed = len(self.fixed_vectors) if self.fixed_vectors is not None else 0
+        self.trained_vocab_size = self.tokenizer.vocab_size - fixed
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
         m, emb = self.config.model, self.config.embeddings
-        trained = self.trained_vocab_size
-        matrix, fixed = None, self.tokenizer.vocab_size - trained
-        if pretrained and emb.path:
-            matrix, _ = pretrained_matrix(
-                emb.path, emb.format, self.tokenizer.vocabulary(), m.embedding_dim,
-                cache_dir=emb.cache_dir, seed=self.config.train.seed, skip=4,
-            )
-            matrix, fixed = matrix[:trained], matrix[trained:]
+        trained, matrix = self.trained_vocab_size, None
+        if pretrained:  # else the fixed rows came with the run directory's artifacts
+            matrix, self.fixed_vectors = initial_vectors(
+                emb, self.tokenizer.vocabulary(), trained, m.embedding_dim, self.config.train.seed)
         return TextClassifier(
-            trained, len(self.labels), fixed_vectors=fixed, embedding_dim=m.embedding_dim,
-            hidden_size=m.hidden_size, cell=m.cell, layers=m.layers,
-            bidirectional=m.bidirectional, dropout=m.dropout,
-            embedding_dropout=m.embedding_dropout, pooling=m.pooling,
-            word_dropout=m.word_dropout, adversarial=m.adversarial, unk_id=UNK, pretrained=matrix,
-            freeze_embeddings=emb.freeze and matrix is not None,
+            m, trained, len(self.labels), fixed_vectors=self.fixed_vectors, unk_id=UNK,
+            pretrained=matrix, freeze_embeddings=emb.freeze and matrix is not None,
             sparse_embedding=emb.lazy_updates,
         )
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
         t = self.config.train
         order = bucket_batches(
-            self.train_ids.lengths.tolist(), t.batch_size, seed=t.seed * 1000 + epoch,
+            self.train_ids.lengths.tolist(), t.batch_size, seed=self.epoch_seed(epoch),
             pool=t.bucket_pool,
         )
         return [
@@ -173,8 +165,7 @@ class SentimentTask(Task):
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        if not self.dev_ids:
-            raise NlpseqError("no dev data: set data.dev", self.config.source)
+        self.require_dev(bool(self.dev_ids))
         return self._scores(model, self.dev_ids, self.dev_labels)
 
     def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
@@ -195,12 +186,5 @@ class SentimentTask(Task):
             for row in probs
         ]
 
-    def predict_lines(self, lines: Iterable[str], as_json: bool = False) -> Iterator[str]:
-        chunk: list[str] = []
-        for line in [*lines, None]:
-            if line is not None:
-                chunk.append(line)
-            if chunk and (line is None or len(chunk) == 1024):
-                for result in self.predict(chunk):
-                    yield json.dumps(result) if as_json else result["label"]
-                chunk = []
+    def format_output(self, result: dict[str, Any], as_json: bool) -> str:
+        return json.dumps(result) if as_json else result["label"]

@@ -8,7 +8,6 @@ are printed or scored, so BLEU and chrF are sacreBLEU's, on detokenized, cased t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from nlpseq.corpora import ParallelData, read_parallel
 from nlpseq.decoding import beam_search, greedy_search, max_target_lengths
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import LossCounts, translation_scores
-from nlpseq.models.seq2seq import Seq2Seq, TranslationBatch
+from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig, TranslationBatch
 from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
 
@@ -45,11 +44,16 @@ class TranslateTask(Task):
     """Source sentence -> target sentence; model selection by dev BLEU."""
 
     name = "translate"
+    ModelConfig = Seq2SeqConfig
+    formats = ("parallel",)
     metrics = {"bleu": True, "chrf": True, "loss": False, "perplexity": False}
     default_metric = "bleu"
 
-    def __init__(self, config):
-        super().__init__(config)
+    commands = frozenset({"translate"})
+    predict_options = ("beam",)
+
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
         self.source_tokenizer: TextTokenizer | None = None
         self.target_tokenizer: TextTokenizer | None = None
         self.train_pairs: list[tuple[list[int], list[int]]] = []
@@ -171,7 +175,7 @@ class TranslateTask(Task):
         # Sort key: source length, then target length. Batches whose sources all have one
         # length (most of them, with length bucketing) run the encoder as one fused call.
         keys = [len(src) * 1024 + min(len(tgt), 1023) for src, tgt in self.train_pairs]
-        order = bucket_batches(keys, t.batch_size, seed=t.seed * 1000 + epoch, pool=t.bucket_pool)
+        order = bucket_batches(keys, t.batch_size, seed=self.epoch_seed(epoch), pool=t.bucket_pool)
         sources = [src for src, _ in self.train_pairs]
         targets = [tgt for _, tgt in self.train_pairs]
         return self._batches(sources, targets, shard(order, rank, world_size))
@@ -260,9 +264,7 @@ class TranslateTask(Task):
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        if not self.dev_sources:
-            raise NlpseqError("no dev data: set data.dev and data.dev_target",
-                              self.config.source or None)
+        self.require_dev(bool(self.dev_sources), "data.dev and data.dev_target")
         return self._score(model, self.dev_sources, self.dev_references,
                            self.config.model.dev_beam, self.dev_targets)
 
@@ -276,16 +278,9 @@ class TranslateTask(Task):
         targets = self.encode_targets(data.targets)
         return self._score(self.model, sources, data.targets, beam, targets)
 
-    def predict_lines(
-        self, lines: Iterable[str], as_json: bool = False, beam: int | None = None
-    ) -> Iterator[str]:
-        """One translation per input line, in order (an empty line gives an empty line)."""
-        chunk: list[str] = []
-        for line in [*lines, None]:
-            if line is not None:
-                chunk.append(line)
-            if chunk and (line is None or len(chunk) == 1024):
-                for text in self.translate(chunk, beam):
-                    yield json.dumps({"translation": text}, ensure_ascii=False) if as_json else text
-                chunk = []
+    def predict(self, texts: list[str], beam: int | None = None) -> list[str]:
+        """The translation of each text (see :meth:`translate`)."""
+        return self.translate(texts, beam)
 
+    def format_output(self, result: str, as_json: bool) -> str:
+        return json.dumps({"translation": result}, ensure_ascii=False) if as_json else result
