@@ -23,7 +23,7 @@ from nlpseq.batching import TokenStore, bucket_batches
 from nlpseq.config import TokenizerConfig, TrainConfig
 from nlpseq.corpora import read_labelled
 from nlpseq.cpuload import OtherLoad
-from nlpseq.models.classifier import TextClassifier
+from nlpseq.models.classifier import ClassifierConfig, TextClassifier
 from nlpseq.tokenize import TextTokenizer
 from nlpseq.trainer import make_optimizer, update
 
@@ -116,9 +116,10 @@ def run_bench(
     batches = [
         store.collate(b, labels) for b in bucket_batches(store.lengths.tolist(), batch_size, seed=1)
     ]
-    model = TextClassifier(tokenizer.vocab_size, 2, embedding_dim=embedding_dim,
-                           hidden_size=hidden_size, pooling=pooling,
-                           sparse_embedding=lazy_updates)
+    model = TextClassifier(
+        ClassifierConfig(embedding_dim=embedding_dim, hidden_size=hidden_size, pooling=pooling),
+        tokenizer.vocab_size, 2, sparse_embedding=lazy_updates,
+    )
     config = TrainConfig(lr=1e-3, clip=5.0)
     optimizer = make_optimizer(model, config)  # and `update`: the step `nlpseq train` takes
     probe = torch.zeros(1, 1, embedding_dim)

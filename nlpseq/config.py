@@ -1,15 +1,19 @@
 """Pipeline configuration: a YAML file loaded into frozen, validated dataclasses.
 
-Each YAML section maps to one dataclass. Unknown keys, wrong types and bad values are errors
-naming the file, the line and (for unknown keys) the closest valid key. String values may use
-``${VAR}`` and ``${VAR:-default}``. ``overrides`` (``section.key=value``) are applied after the
-file and typed by the field they set.
+Each YAML section maps to one dataclass; the ``model`` section's class comes from the task
+table (``Task.ModelConfig``). Every key is declared once, with :func:`key`: its type (the
+annotation), default, allowed range, one-line meaning and the tasks it applies to. Validation,
+``--set`` typing, error messages and ``docs/config.md`` (``python -m nlpseq.config``) all
+derive from those declarations. Unknown keys, keys that do not apply to the pipeline's task,
+wrong types and bad values are errors naming the file, the line and (for unknown keys) the
+closest valid key. String values may use ``${VAR}`` and ``${VAR:-default}``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -22,235 +26,162 @@ import yaml
 
 from nlpseq.errors import NlpseqError
 
-TASK_NAMES = ("sentiment", "ner", "chargen", "translate")
-# The data formats each task reads (data.format); a Hugging Face hub name only for sentiment.
-TASK_FORMATS = {
-    "sentiment": ("tsv", "csv", "jsonl", "hub"),
-    "ner": ("conll",),
-    "chargen": ("text",),
-    "translate": ("parallel",),
-}
+#: ``tasks=ALL``: the key applies to every task, including tasks added later.
+ALL = "all"
+
+
+def key(
+    default: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    help: str,
+    tasks: str | tuple[str, ...] = ALL,
+) -> Any:
+    """Declare a config key: a dataclass field with its ``default``, valid range
+    ``low``..``high`` (``None`` = unbounded; ``*_open``: the bound itself is excluded), one-line
+    ``help`` and the ``tasks`` it applies to (``ALL`` or a tuple of task names)."""
+    meta = {"low": low, "high": high, "low_open": low_open, "high_open": high_open,
+            "help": help, "tasks": tasks}
+    return field(default=default, metadata=meta)
+
+
+def applies(f: dataclasses.Field, task: str) -> bool:
+    """Whether the key declared by ``f`` applies to ``task``."""
+    tasks = f.metadata.get("tasks", ALL)
+    return tasks == ALL or task in tasks
+
+
+Pooling = Literal["last", "max", "mean", "attention", "max-mean"]
+#: the classifier's poolings (here so that the CLI can offer them without importing torch)
+POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
+_SENTIMENT, _NER, _CHARGEN, _TRANSLATE = ("sentiment",), ("ner",), ("chargen",), ("translate",)
+_WORD_VECTORS = ("sentiment", "ner")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the examples come from and how to read them."""
 
-    format: Literal["tsv", "csv", "jsonl", "conll", "parallel", "text", "hub"] = "tsv"
-    train: str = ""
-    dev: str = ""
-    text_column: str = "text"
-    label_column: str = "label"
-    # CoNLL: which column holds the tag (-1 = last) and the scheme the files are written in.
-    tag_column: int = -1
-    tag_scheme: Literal["iob1", "iob2", "bioes"] = "iob1"
-    # Parallel text: the target side of train/dev (``train``/``dev`` hold the source side).
-    train_target: str = ""
-    dev_target: str = ""
-    max_source_length: int = 100
-    max_target_length: int = 100
-    # Raw text (char LM): the last ``val_fraction`` of the stream validates when ``dev`` is empty.
-    val_fraction: float = 0.1
-    # Hugging Face hub dataset (format: hub), for users who are online.
-    hub_name: str = ""
-    hub_config: str = ""
-    train_split: str = "train"
-    dev_split: str = "validation"
-    # Use at most this many training examples (0 = all); handy for smoke tests.
-    limit: int = 0
+    format: str = key("", help="how the data files are written (\"\" = the task's first format)")
+    train: str = key("", help="training data file (the source side for translate)")
+    dev: str = key("", help="development data file for evaluation and model selection")
+    text_column: str = key("text", help="column (or JSON key) of the text", tasks=_SENTIMENT)
+    label_column: str = key("label", help="column (or JSON key) of the label", tasks=_SENTIMENT)
+    tag_column: int = key(-1, help="CoNLL column holding the tag (-1 = the last)", tasks=_NER)
+    tag_scheme: Literal["iob1", "iob2", "bioes"] = key(
+        "iob1", help="tag scheme the CoNLL files are written in", tasks=_NER)
+    train_target: str = key("", help="target side of the training data", tasks=_TRANSLATE)
+    dev_target: str = key("", help="target side of the development data", tasks=_TRANSLATE)
+    max_source_length: int = key(100, low=1, help="longest source sentence kept for training",
+                                 tasks=_TRANSLATE)
+    max_target_length: int = key(100, low=1, help="longest target sentence kept for training",
+                                 tasks=_TRANSLATE)
+    val_fraction: float = key(0.1, low=0, high=1, high_open=True, tasks=_CHARGEN,
+                              help="the last fraction of the text validates when dev is empty")
+    hub_name: str = key("", help="Hugging Face hub dataset name (format: hub; needs network)",
+                        tasks=_SENTIMENT)
+    hub_config: str = key("", help="configuration of the hub dataset", tasks=_SENTIMENT)
+    train_split: str = key("train", help="hub split used for training", tasks=_SENTIMENT)
+    dev_split: str = key("validation", help="hub split used as dev data", tasks=_SENTIMENT)
+    limit: int = key(0, low=0, help="use at most this many training examples (0 = all)")
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     """A Hugging Face ``tokenizers`` model trained on the training split."""
 
-    kind: Literal["word", "bpe", "char"] = "word"
-    lowercase: bool = False
-    normalize_digits: bool = False
-    # Word level: read PTB bracket escapes (-lrb-, -rrb-, -lsb-, ...) as the brackets, so
-    # corpora that escape them (SST, Penn Treebank) and those that do not share one vocabulary.
-    ptb_brackets: bool = True
-    min_frequency: int = 1
-    max_size: int = 50000
-    max_length: int = 0  # truncate longer inputs (0 = no truncation)
-    joint: bool = True  # translation: one vocabulary for source and target
+    kind: Literal["word", "bpe", "char"] = key("word", help="tokenizer model (chargen: char)")
+    lowercase: bool = key(False, help="lowercase the text before tokenizing")
+    normalize_digits: bool = key(False, help="map every digit to 0")
+    ptb_brackets: bool = key(True, help="word level: read PTB escapes (-lrb-, ...) as brackets")
+    min_frequency: int = key(1, low=1, help="fewest occurrences for a vocabulary entry")
+    max_size: int = key(50000, low=1, help="most vocabulary entries (specials not counted)")
+    max_length: int = key(0, low=0, help="truncate longer inputs to this many tokens (0 = never)")
+    joint: bool = key(True, help="one vocabulary for source and target", tasks=_TRANSLATE)
 
 
 @dataclass(frozen=True)
 class EmbeddingsConfig:
     """Pretrained word vectors aligned to the tokenizer's vocabulary."""
 
-    path: str = ""  # a file, or a gensim-data name (needs network)
-    format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = "glove"
-    freeze: bool = False
-    # Add the N most frequent words of the embeddings file to the vocabulary, with their
-    # vectors kept fixed, so words never seen in training still get a pretrained vector.
-    extend_vocab: int = 0
-    # Update only the embedding rows each batch uses (Adam/AdamW; sentiment and ner): the
-    # semantics of torch's SparseAdam / TF's LazyAdam; much less work per step for a large
-    # vocabulary. Off: dense Adam, which also moves unused rows by their momentum.
-    lazy_updates: bool = False
-    cache_dir: str = "${NLPSEQ_CACHE:-~/.cache/nlpseq}"
-
-
-Pooling = Literal["last", "max", "mean", "attention", "max-mean"]
-POOLINGS: tuple[str, ...] = typing.get_args(Pooling)
-
-
-@dataclass(frozen=True)
-class SentimentModelConfig:
-    """BiRNN text classifier."""
-
-    cell: Literal["rnn", "lstm", "gru"] = "lstm"
-    embedding_dim: int = 50
-    hidden_size: int = 128
-    layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.5
-    embedding_dropout: float = 0.0
-    pooling: Pooling = "last"
-    # Training only: replace this fraction of tokens with <unk> (regularises fine-tuned embeddings).
-    word_dropout: float = 0.0
-    # Training only: also train on each batch with its word vectors moved by this L2 norm (per
-    # text) in the direction that raises the loss most (Miyato et al., 2017); 0 = off. Costs
-    # about 2.5x per step, and makes the classifier robust to near-synonyms it never saw.
-    adversarial: float = 0.0
-
-
-@dataclass(frozen=True)
-class NerModelConfig:
-    """BiRNN tagger with character features and a softmax or CRF output layer."""
-
-    cell: Literal["rnn", "lstm", "gru"] = "lstm"
-    embedding_dim: int = 50
-    hidden_size: int = 200
-    layers: int = 1
-    bidirectional: bool = True
-    dropout: float = 0.5
-    embedding_dropout: float = 0.0
-    char_encoder: Literal["cnn", "lstm", "none"] = "cnn"
-    char_embedding_dim: int = 30
-    char_hidden_size: int = 50
-    char_kernel_size: int = 3
-    casing_dim: int = 8
-    output: Literal["crf", "softmax"] = "crf"
-    train_scheme: Literal["iob1", "iob2", "bioes"] = "bioes"
-    # Probability of replacing a known word by <unk> in training (teaches the unknown-word path).
-    word_dropout: float = 0.0
-    # Also feed the whole pretrained table, frozen, so words unseen in training keep their
-    # vectors (stored once in the run directory; needs embeddings.path).
-    frozen_vectors: bool = True
-
-
-@dataclass(frozen=True)
-class CharLMModelConfig:
-    """Unidirectional character language model, trained statefully (truncated BPTT):
-    ``train.batch_size`` contiguous lanes read ``seq_len`` characters at a time."""
-
-    cell: Literal["lstm", "gru"] = "lstm"
-    embedding_dim: int = 64
-    hidden_size: int = 256
-    layers: int = 2
-    dropout: float = 0.0
-    tie_weights: bool = False
-    seq_len: int = 100
-    # bfloat16 autocast inside the model, on CPU too (train.bf16 covers CUDA only): about 2x
-    # faster training on CPUs with AMX/AVX512-BF16, slower on CPUs without them.
-    bf16: bool = False
-    # Validation reads eval.batch_size lanes; each lane first reads this many characters
-    # before its start (not scored) so that it does not begin from an empty state.
-    eval_context: int = 100
-
-
-@dataclass(frozen=True)
-class TranslateModelConfig:
-    """Bidirectional encoder, attentional decoder."""
-
-    cell: Literal["lstm", "gru"] = "gru"
-    embedding_dim: int = 256
-    hidden_size: int = 256
-    layers: int = 1
-    dropout: float = 0.2
-    embedding_dropout: float = 0.0
-    attention: Literal["bahdanau", "general", "dot"] = "general"
-    teacher_forcing: float = 1.0  # < 1 feeds the model's own predictions (slower: step loop)
-    tie_embeddings: bool = True  # decoder input embedding = output projection
-    share_embeddings: bool = True  # one embedding for source and target (joint tokenizer only)
-    label_smoothing: float = 0.1
-    # bfloat16 autocast inside the model, on CPU too (train.bf16 covers CUDA only): much faster
-    # on CPUs with AMX/AVX512-BF16, slower on CPUs without them.
-    bf16: bool = False
-    # Decoding: at most max_length_a * source_length + max_length_b target tokens; GNMT length
-    # penalty alpha (0 = none); beam used for dev BLEU during training (eval.beam is used by
-    # ``evaluate`` and ``translate``; 1 = greedy, the fastest).
-    max_length_a: float = 1.5
-    max_length_b: int = 10
-    length_penalty: float = 0.6
-    dev_beam: int = 1
-
-
-MODEL_CONFIGS: dict[str, type] = {
-    "sentiment": SentimentModelConfig,
-    "ner": NerModelConfig,
-    "chargen": CharLMModelConfig,
-    "translate": TranslateModelConfig,
-}
+    path: str = key("", help="vectors file, or a gensim-data name (needs network)",
+                    tasks=_WORD_VECTORS)
+    format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = key(
+        "glove", help="how the vectors file is written", tasks=_WORD_VECTORS)
+    freeze: bool = key(False, help="keep the pretrained vectors fixed", tasks=_WORD_VECTORS)
+    extend_vocab: int = key(0, low=0, tasks=_SENTIMENT, help="add the N most frequent words of "
+                            "the vectors file to the vocabulary, their vectors fixed")
+    lazy_updates: bool = key(False, tasks=_WORD_VECTORS, help="Adam updates only the embedding "
+                             "rows each batch uses (needs adam or adamw)")
+    cache_dir: str = key("${NLPSEQ_CACHE:-~/.cache/nlpseq}", tasks=_WORD_VECTORS,
+                         help="folder caching vectors aligned to a vocabulary")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, stopping, device."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    clip: float = 5.0
-    schedule: Literal["none", "plateau", "cosine", "linear"] = "plateau"
-    schedule_factor: float = 0.5  # plateau: multiply the lr by this
-    schedule_patience: int = 1  # plateau: evaluations without improvement before decaying
-    warmup_steps: int = 0
-    patience: int = 5  # early stopping: evaluations without improvement (0 = never stop early)
-    max_minutes: float = 0.0  # wall-clock budget (0 = none)
-    evals_per_epoch: int = 1
-    seed: int = 13
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # autocast to bfloat16 on CUDA
-    threads: int = 0  # torch CPU threads (0 = torch's default)
-    bucket_pool: int = 50  # batches per length-sorting pool
-    resume: bool = False
-    # Evaluate and save an exponential moving average of the weights (0 = off; e.g. 0.999).
-    ema: float = 0.0
+    epochs: int = key(20, low=1, help="passes over the training data")
+    batch_size: int = key(64, low=1, help="examples per batch (chargen: contiguous lanes)")
+    optimizer: Literal["adam", "adamw", "sgd"] = key("adam", help="optimisation algorithm")
+    lr: float = key(1e-3, low=0, low_open=True, help="learning rate")
+    weight_decay: float = key(0.0, low=0, help="L2 penalty (decoupled for adamw)")
+    momentum: float = key(0.9, low=0, high=1, high_open=True, help="sgd momentum")
+    clip: float = key(5.0, low=0, help="clip the gradient norm to this (0 = no clipping)")
+    schedule: Literal["none", "plateau", "cosine", "linear"] = key(
+        "plateau", help="learning rate schedule")
+    schedule_factor: float = key(0.5, low=0, high=1, low_open=True, high_open=True,
+                                 help="plateau: multiply the learning rate by this")
+    schedule_patience: int = key(1, low=0, help="plateau: evaluations without improvement "
+                                 "before decaying")
+    warmup_steps: int = key(0, low=0, help="steps of linear warm-up")
+    patience: int = key(5, low=0, help="early stopping: evaluations without improvement "
+                        "(0 = never stop early)")
+    max_minutes: float = key(0.0, low=0, help="wall-clock budget in minutes (0 = none)")
+    evals_per_epoch: int = key(1, low=1, help="dev evaluations per epoch")
+    seed: int = key(13, low=0, help="random seed")
+    device: Literal["auto", "cpu", "cuda"] = key("auto", help="where to train")
+    bf16: bool = key(False, help="autocast to bfloat16 on CUDA")
+    threads: int = key(0, low=0, help="torch CPU threads (0 = torch's default)")
+    bucket_pool: int = key(50, low=1, help="batches per length-sorting pool")
+    resume: bool = key(False, help="continue the run in the output folder")
+    ema: float = key(0.0, low=0, high=1, high_open=True, help="evaluate and save an "
+                     "exponential moving average of the weights with this decay (0 = off)")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation options."""
 
-    metric: str = ""  # the dev metric for model selection ("" = the task's default)
-    batch_size: int = 256
-    beam: int = 5
+    metric: str = key("", help="dev metric for model selection (\"\" = the task's default)")
+    batch_size: int = key(256, low=1, help="examples per evaluation batch")
+    beam: int = key(5, low=1, help="beam size of evaluate and translate (1 = greedy)",
+                    tasks=_TRANSLATE)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """A whole pipeline: one field per YAML section."""
 
-    task: Literal["sentiment", "ner", "chargen", "translate"]
+    task: str
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
-    model: Any = None
+    model: Any = None  # the task's ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = ""  # the file this pipeline was loaded from (not a YAML key)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every section (without ``source``), for writing back as YAML."""
-        out = dataclasses.asdict(self)
-        out.pop("source")
+        """Plain dict of the task and every key that applies to it, for writing as YAML."""
+        out: dict[str, Any] = {"task": self.task}
+        for section in ("data", "tokenizer", "embeddings", "model", "train", "eval"):
+            values = getattr(self, section)
+            out[section] = {f.name: getattr(values, f.name) for f in dataclasses.fields(values)
+                            if section == "model" or applies(f, self.task)}
         return out
 
 
@@ -260,30 +191,6 @@ SECTIONS = {
     "embeddings": EmbeddingsConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
-}
-
-# The valid range of every numeric field, by name (a name means the same in every section):
-# (low, high, whether low itself is allowed, whether high itself is allowed); None = unbounded.
-_AT_LEAST_1 = (1, None, True, True)
-_AT_LEAST_0 = (0, None, True, True)
-_POSITIVE = (0, None, False, True)
-_PROBABILITY = (0, 1, True, False)  # dropout-like: 1 would drop everything
-BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    **dict.fromkeys(
-        ("epochs", "batch_size", "embedding_dim", "hidden_size", "layers", "seq_len",
-         "evals_per_epoch", "bucket_pool", "beam", "dev_beam", "char_embedding_dim",
-         "char_hidden_size", "char_kernel_size", "max_source_length", "max_target_length",
-         "max_size", "min_frequency"), _AT_LEAST_1),
-    **dict.fromkeys(
-        ("max_length", "limit", "extend_vocab", "warmup_steps", "patience", "schedule_patience",
-         "threads", "eval_context", "casing_dim", "max_length_b", "seed", "weight_decay",
-         "clip", "max_minutes", "adversarial", "length_penalty", "max_length_a"), _AT_LEAST_0),
-    **dict.fromkeys(
-        ("dropout", "embedding_dropout", "word_dropout", "label_smoothing", "val_fraction",
-         "momentum", "ema"), _PROBABILITY),
-    "lr": _POSITIVE,
-    "schedule_factor": (0, 1, False, False),
-    "teacher_forcing": (0, 1, True, True),
 }
 
 # Names users bring from other toolkits, for the "did you mean" of an unknown key.
@@ -297,20 +204,47 @@ ALIASES = {
 }
 
 
-def _check_bounds(name: str, value: Any, where: str, path: str | None, line: int | None) -> None:
-    """Raise NlpseqError when a numeric ``value`` is outside :data:`BOUNDS` for ``name``."""
-    if name not in BOUNDS or not isinstance(value, (int, float)) or isinstance(value, bool):
+def task_names() -> list[str]:
+    """The tasks of the task table (:data:`nlpseq.tasks.TASKS`)."""
+    from nlpseq.tasks import TASKS  # here, not at the top: the tasks import this module
+
+    return list(TASKS)
+
+
+def _task_class(name: str) -> Any:
+    from nlpseq.tasks import task_class
+
+    return task_class(name)
+
+
+def _check_range(f: dataclasses.Field, value: Any, where: str, path: str | None,
+                 line: int | None) -> None:
+    """Raise NlpseqError when a numeric ``value`` is NaN, infinite or outside the range
+    declared for the key ``f``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    low, high, low_ok, high_ok = BOUNDS[name]
-    too_low = low is not None and (value < low or (value == low and not low_ok))
-    too_high = high is not None and (value > high or (value == high and not high_ok))
-    if not (too_low or too_high):
-        return
+    if not math.isfinite(value):
+        raise NlpseqError(f"{where}: must be a finite number, got {value}", path, line)
+    low, high = f.metadata.get("low"), f.metadata.get("high")
+    low_open, high_open = f.metadata.get("low_open", False), f.metadata.get("high_open", False)
+    too_low = low is not None and (value < low or (value == low and low_open))
+    too_high = high is not None and (value > high or (value == high and high_open))
+    if too_low or too_high:
+        raise NlpseqError(f"{where}: must be {describe_range(f)}, got {value}", path, line)
+
+
+def describe_range(f: dataclasses.Field) -> str:
+    """The valid range of a key as text: ``>= 1``, ``> 0``, ``in [0, 1)``; "" = unbounded."""
+    m = f.metadata
+    low, high = m.get("low"), m.get("high")
+    if low is None and high is None:
+        return ""
     if high is None:
-        wanted = f">= {low}" if low_ok else f"> {low}"
-    else:
-        wanted = f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
-    raise NlpseqError(f"{where}: must be {wanted}, got {value}", path, line)
+        return f"> {low}" if m.get("low_open") else f">= {low}"
+    if low is None:
+        return f"< {high}" if m.get("high_open") else f"<= {high}"
+    return (f"in {'(' if m.get('low_open') else '['}{low}, {high}"
+            f"{')' if m.get('high_open') else ']'}")
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -328,6 +262,35 @@ def expand_env(value: str, path: str | None = None, line: int | None = None) -> 
         raise NlpseqError(f"environment variable ${{{name}}} is not set", path, line)
 
     return _ENV.sub(sub, value)
+
+
+def _scalar(value: Any, kind: type, where: str, path: str | None, line: int | None) -> Any:
+    """``value`` as a bool, int, float or str, converting strings (from ``--set`` or
+    ``${VAR}``) where that is lossless."""
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        if not isinstance(value, bool):
+            raise NlpseqError(f"{where}: expected true/false, got {value!r}", path, line)
+        return value
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise NlpseqError(f"{where}: expected a string, got {value!r}", path, line)
+        return value
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            pass
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise NlpseqError(f"{where}: expected an integer, got {value!r}", path, line)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NlpseqError(f"{where}: expected a number, got {value!r}", path, line)
+        return float(value)
+    return value
 
 
 def _coerce(value: Any, annotation: Any, where: str, path: str | None, line: int | None) -> Any:
@@ -348,36 +311,8 @@ def _coerce(value: Any, annotation: Any, where: str, path: str | None, line: int
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where, path, line)
-    if annotation is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        if not isinstance(value, bool):
-            raise NlpseqError(f"{where}: expected true/false, got {value!r}", path, line)
-        return value
-    if annotation is int:
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise NlpseqError(f"{where}: expected an integer, got {value!r}", path, line)
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise NlpseqError(f"{where}: expected a number, got {value!r}", path, line)
-        return float(value)
-    if annotation is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise NlpseqError(f"{where}: expected a string, got {value!r}", path, line)
-        return value
+    if annotation in (bool, int, float, str):
+        return _scalar(value, annotation, where, path, line)
     return value
 
 
@@ -406,23 +341,38 @@ def _located(
     return key, path, lines.get(key)
 
 
+def _refuse_key(
+    key: str, fields: dict[str, dataclasses.Field], valid: list[str], section: str, task: str,
+    path: str | None, lines: dict[str, int], overridden: frozenset[str],
+) -> typing.NoReturn:
+    """Raise the error for a key that is unknown, or known but not for ``task``."""
+    name = f"{section}.{key}"
+    where, where_path, line = _located(name, path, lines, overridden)
+    if key in fields:
+        only = ", ".join(fields[key].metadata["tasks"])
+        raise NlpseqError(f"{where}: does not apply to the {task} task (only {only})",
+                          where_path, line)
+    hint = _closest_hint(key, valid, f"{section}.")
+    message = f"{where}: unknown key{hint}" if name in overridden else f"unknown key {name}{hint}"
+    raise NlpseqError(message, where_path, line)
+
+
 def _build_section(
-    cls: type, values: dict, section: str, path: str | None, lines: dict[str, int],
-    overridden: frozenset[str] = frozenset(),
+    cls: type, values: dict, section: str, task: str, path: str | None,
+    lines: dict[str, int], overridden: frozenset[str] = frozenset(),
 ) -> Any:
+    """The section dataclass ``cls`` from the ``values`` written in the pipeline."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    valid = [n for n, f in fields.items() if section == "model" or applies(f, task)]
     kwargs = {}
     for key, value in values.items():
+        if key not in valid:
+            _refuse_key(str(key), fields, valid, section, task, path, lines, overridden)
         where, where_path, line = _located(f"{section}.{key}", path, lines, overridden)
-        if key not in names:
-            hint = _closest_hint(str(key), names, f"{section}.")
-            message = (f"{where}: unknown key{hint}" if f"{section}.{key}" in overridden
-                       else f"unknown key {section}.{key}{hint}")
-            raise NlpseqError(message, where_path, line)
         kwargs[key] = _coerce(value, hints[key], where, where_path, line)
-        _check_bounds(key, kwargs[key], where, where_path, line)
-    for f in dataclasses.fields(cls):
+        _check_range(fields[key], kwargs[key], where, where_path, line)
+    for f in fields.values():
         # Defaults may use ${VAR:-default} too (e.g. the cache directory).
         if f.name not in kwargs and isinstance(f.default, str) and "${" in f.default:
             kwargs[f.name] = expand_env(f.default, path)
@@ -471,6 +421,34 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[st
     return out
 
 
+def _merge_overrides(raw: dict, parsed: dict[str, dict[str, Any]]) -> None:
+    """Apply parsed ``--set`` values onto the pipeline dict ``raw`` (in place)."""
+    for section, values in parsed.items():
+        if section == "task":
+            raise NlpseqError("the task cannot be overridden with --set")
+        if section not in raw or raw[section] is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise NlpseqError(f"--set {section}.*: {section} is not a section")
+        raw[section].update(values)
+
+
+def _check_sections(raw: dict, path: str | None, lines: dict[str, int]) -> str:
+    """Refuse unknown sections and unknown tasks; return the task name."""
+    valid = ["task", "model", *SECTIONS]
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise NlpseqError(f"unknown section {key!r}{hint}", path, lines.get(str(key)))
+    task, names = raw.get("task"), task_names()
+    if not isinstance(task, str) or task not in names:
+        raise NlpseqError(
+            f"task must be one of {', '.join(names)}, got {task!r}", path, lines.get("task")
+        )
+    return task
+
+
 def config_from_dict(
     raw: dict,
     path: str | None = None,
@@ -484,44 +462,26 @@ def config_from_dict(
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     parsed = parse_overrides(overrides)
     overridden = frozenset(f"{s}.{k}" for s, values in parsed.items() for k in values)
-    for section, values in parsed.items():
-        if section == "task":
-            raise NlpseqError("the task cannot be overridden with --set")
-        if section not in raw or raw[section] is None:
-            raw[section] = {}
-        if not isinstance(raw[section], dict):
-            raise NlpseqError(f"--set {section}.*: {section} is not a section")
-        raw[section].update(values)
-    valid = ["task", "model", *SECTIONS]
-    for key in raw:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise NlpseqError(f"unknown section {key!r}{hint}", path, lines.get(str(key)))
-    task = raw.get("task")
-    if task not in TASK_NAMES:
-        raise NlpseqError(
-            f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}", path, lines.get("task")
-        )
+    _merge_overrides(raw, parsed)
+    task = _check_sections(raw, path, lines)
+    task_cls = _task_class(task)
     built: dict[str, Any] = {"task": task}
-    for section, cls in [*SECTIONS.items(), ("model", MODEL_CONFIGS[task])]:
+    for section, cls in [*SECTIONS.items(), ("model", task_cls.ModelConfig)]:
         values = raw.get(section) or {}
         if not isinstance(values, dict):
             raise NlpseqError(f"section {section} must be a mapping", path, lines.get(section))
-        built[section] = _build_section(cls, values, section, path, lines, overridden)
-    config = PipelineConfig(**built, source=str(path or ""))
-    given = (raw.get("data") or {}).get("format")
-    if given is not None and config.data.format not in TASK_FORMATS[task]:
+        built[section] = _build_section(cls, values, section, task, path, lines, overridden)
+    formats = tuple(task_cls.formats)
+    if "format" not in (raw.get("data") or {}):
+        built["data"] = dataclasses.replace(built["data"], format=formats[0])
+    elif built["data"].format not in formats:
         key, *where = _located("data.format", path, lines, overridden)
-        raise NlpseqError(f"{key}: the {task} task reads {' or '.join(TASK_FORMATS[task])}, "
-                          f"not {config.data.format}", *where)
-    if config.embeddings.lazy_updates:
+        raise NlpseqError(f"{key}: the {task} task reads {' or '.join(formats)}, "
+                          f"not {built['data'].format}", *where)
+    config = PipelineConfig(**built, source=str(path or ""))
+    if config.embeddings.lazy_updates and config.train.optimizer == "sgd":
         key, *where = _located("embeddings.lazy_updates", path, lines, overridden)
-        if task not in ("sentiment", "ner"):
-            raise NlpseqError(f"{key}: only sentiment and ner models update word embeddings "
-                              f"lazily, not {task}", *where)
-        if config.train.optimizer == "sgd":
-            raise NlpseqError(f"{key} needs train.optimizer adam or adamw, not sgd", *where)
+        raise NlpseqError(f"{key} needs train.optimizer adam or adamw, not sgd", *where)
     return config
 
 
@@ -546,3 +506,58 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def save_config(config: PipelineConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML (the caller makes the write atomic)."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# --- reference documentation -------------------------------------------------------------
+
+
+def _type_text(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{c}`" for c in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    return f"`{value}`" if value != "" else '`""`'
+
+
+def _section_table(cls: type, tasks: bool) -> list[str]:
+    """Markdown table rows of every key of the dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    columns = ["key", "type", "default", "range", *(["tasks"] if tasks else []), "meaning"]
+    rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for f in dataclasses.fields(cls):
+        task_text = f.metadata.get("tasks", ALL)
+        cells = [f"`{f.name}`", _type_text(hints[f.name]), _default_text(f.default),
+                 describe_range(f)]
+        if tasks:
+            cells.append(task_text if task_text == ALL else ", ".join(task_text))
+        cells.append(f.metadata.get("help", ""))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def config_reference() -> str:
+    """``docs/config.md``: every key of every section with its type, default, range, the
+    tasks it applies to and its meaning (``python -m nlpseq.config > docs/config.md``)."""
+    out = ["# Pipeline keys", "",
+           "Generated from the key declarations (`python -m nlpseq.config > docs/config.md`);",
+           "edit those, not this page. A key written for a task it does not apply to is an",
+           "error, as is an unknown key. Numbers must be finite.", ""]
+    for section, cls in SECTIONS.items():
+        out += [f"## {section}", "", (cls.__doc__ or "").strip(), "", *_section_table(cls, True),
+                ""]
+    for name in task_names():
+        model = _task_class(name).ModelConfig
+        doc = " ".join((model.__doc__ or "").split())
+        out += [f"## model ({name}: `{model.__name__}`)", "", doc, "",
+                *_section_table(model, False), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    from nlpseq.config import config_reference as _reference  # the module the tasks import
+
+    print(_reference(), end="")

@@ -19,14 +19,14 @@ from nlpseq.lmdata import (
     make_lanes,
     split_stream,
 )
-from nlpseq.models.charlm import CharLM
+from nlpseq.models.charlm import CharLM, CharLMConfig
 
 
 def tiny_model(cell: str = "lstm", **kwargs) -> CharLM:
     torch.manual_seed(0)
     options = {"embedding_dim": 8, "hidden_size": 16, "layers": 2, "cell": cell, "dropout": 0.0}
     options.update(kwargs)
-    return CharLM(11, **options)
+    return CharLM(CharLMConfig(**options), 11)
 
 
 def test_split_stream_by_position():
@@ -159,7 +159,8 @@ def test_overfits_a_string_and_reproduces_it_greedily(cell):
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])
     torch.manual_seed(0)
-    model = CharLM(len(chars), embedding_dim=16, hidden_size=48, layers=1, cell=cell)
+    config = CharLMConfig(embedding_dim=16, hidden_size=48, layers=1, cell=cell)
+    model = CharLM(config, len(chars))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     batch = lm_windows(ids, batch_size=1, seq_len=len(text))[0]
     for _ in range(300):

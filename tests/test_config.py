@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from nlpseq.config import load_config
+from nlpseq.config import (
+    TrainConfig,
+    config_reference,
+    describe_range,
+    key,
+    load_config,
+    save_config,
+)
 from nlpseq.errors import NlpseqError
+from nlpseq.models.classifier import ClassifierConfig
+from nlpseq.models.tagger import TaggerConfig
+from nlpseq.tasks import TASKS, task_class
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
 
 def write(tmp_path, text: str):
@@ -71,7 +85,7 @@ def test_lazy_embedding_updates_need_adam_and_word_embeddings(tmp_path):
     with pytest.raises(NlpseqError, match="lazy_updates needs train.optimizer adam") as err:
         load_config(path)
     assert (err.value.path, err.value.line) == (str(path), 3)
-    with pytest.raises(NlpseqError, match="only sentiment and ner") as err:
+    with pytest.raises(NlpseqError, match="does not apply to the chargen task") as err:
         load_config(write(tmp_path, "task: chargen\n" + lazy))
     with pytest.raises(NlpseqError, match="--set") as err:
         load_config(write(tmp_path, "task: translate\n"), ["embeddings.lazy_updates=true"])
@@ -155,14 +169,15 @@ def test_sections_are_frozen(tmp_path):
 
 def test_defaults_and_model_section_per_task(tmp_path):
     config = load_config(write(tmp_path, "task: sentiment\n"))
-    assert type(config.model).__name__ == "SentimentModelConfig"
+    assert isinstance(config.model, ClassifierConfig) and config.data.format == "tsv"
+    ner = load_config(write(tmp_path, "task: ner\n"))
+    assert isinstance(ner.model, TaggerConfig) and ner.data.format == "conll"
+    assert ner.model.embedding_dropout == 0.0  # one default, the declaration's
     assert config.source == str(tmp_path / "p.yaml")
     assert "${" not in config.embeddings.cache_dir  # defaults expand ${VAR:-default} too
 
 
 def test_saved_config_loads_back_equal(tmp_path):
-    from nlpseq.config import save_config
-
     config = load_config(write(tmp_path, "task: sentiment\ntrain:\n  lr: 0.5\n"),
                          ["model.pooling=attention"])
     save_config(config, tmp_path / "saved.yaml")
@@ -208,17 +223,117 @@ def test_values_at_the_edges_of_their_range_are_accepted(tmp_path):
     assert config.model.teacher_forcing == 1.0 and config.train.clip == 0.0
 
 
-def test_every_bounded_name_is_a_field_and_every_default_is_in_range():
+def test_every_key_is_declared_with_a_meaning_and_a_default_in_its_range():
     from nlpseq import config as c
 
-    sections = [*c.SECTIONS.values(), *c.MODEL_CONFIGS.values()]
+    sections = [*c.SECTIONS.values(), *(task_class(t).ModelConfig for t in TASKS)]
     names = {f.name for cls in sections for f in dataclasses.fields(cls)}
-    assert set(c.BOUNDS) <= names
     assert set(c.ALIASES.values()) <= names
     for cls in sections:
         for f in dataclasses.fields(cls):
-            if not isinstance(f.default, str):
-                c._check_bounds(f.name, f.default, f.name, None, None)
+            assert f.metadata["help"] and "\n" not in f.metadata["help"], f.name
+            assert f.metadata["tasks"] == c.ALL or set(f.metadata["tasks"]) <= set(TASKS)
+            c._check_range(f, f.default, f.name, None, None)
+
+
+def test_key_declares_default_range_meaning_and_tasks():
+    f = key(3, low=1, high=5, high_open=True, help="how many", tasks=("ner",))
+    assert f.default == 3
+    assert f.metadata == {"low": 1, "high": 5, "low_open": False, "high_open": True,
+                          "help": "how many", "tasks": ("ner",)}
+    declared = {x.name: x for x in dataclasses.fields(TrainConfig)}
+    assert describe_range(declared["lr"]) == "> 0"
+    assert describe_range(declared["schedule_factor"]) == "in (0, 1)"
+    assert describe_range(declared["optimizer"]) == ""
+
+
+@pytest.mark.parametrize("text, message", [
+    ("task: sentiment\ndata:\n  train: t.tsv\n  tag_scheme: iob2\n",
+     r"p\.yaml:4: data\.tag_scheme: does not apply to the sentiment task \(only ner\)$"),
+    ("task: ner\nembeddings:\n  extend_vocab: 10\n",
+     r"p\.yaml:3: embeddings\.extend_vocab: does not apply to the ner task \(only sentiment\)$"),
+    ("task: chargen\neval:\n  beam: 2\n", r"p\.yaml:3: eval\.beam: .* chargen .*translate"),
+])
+def test_a_key_of_another_task_is_refused_with_file_and_line(tmp_path, text, message):
+    with pytest.raises(NlpseqError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_a_key_of_another_task_given_with_set_is_refused(tmp_path):
+    path = write(tmp_path, "task: sentiment\n")
+    with pytest.raises(NlpseqError, match=r"^--set data\.tag_column: does not apply to the "
+                                          r"sentiment task \(only ner\)$"):
+        load_config(path, ["data.tag_column=2"])
+    # defaults of keys that do not apply are fine, and are not written back
+    config = load_config(path)
+    assert "tag_column" not in config.to_dict()["data"]
+    assert "text_column" in config.to_dict()["data"]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_are_refused(tmp_path, value):
+    path = write(tmp_path, f"task: sentiment\ntrain:\n  max_minutes: {value}\n")
+    with pytest.raises(NlpseqError, match=rf"^{path}:3: train.max_minutes: must be a finite"):
+        load_config(path)
+    with pytest.raises(NlpseqError, match="^--set train.lr: must be a finite number"):
+        load_config(write(tmp_path, "task: sentiment\n"), ["train.lr=nan"])
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_loads_and_round_trips(tmp_path, monkeypatch, pipeline):
+    monkeypatch.setenv("NLPSEQ_CORPORA", "/corpora")
+    config = load_config(pipeline)
+    assert isinstance(config.model, task_class(config.task).ModelConfig)
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml").to_dict() == config.to_dict()
+
+
+def test_the_checked_in_key_reference_is_current():
+    """docs/config.md is generated: ``python -m nlpseq.config > docs/config.md``."""
+    written = (PIPELINES.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    assert written == config_reference(), "regenerate: python -m nlpseq.config > docs/config.md"
+
+
+def test_the_reference_lists_every_key_of_every_section():
+    text = config_reference()
+    for name in TASKS:
+        model = task_class(name).ModelConfig
+        assert f"## model ({name}: `{model.__name__}`)" in text
+        for f in dataclasses.fields(model):
+            assert f"| `{f.name}` |" in text
+    assert "| `tag_scheme` | one of `iob1`, `iob2`, `bioes` | `iob1` |  | ner |" in text
+    assert "| `lr` | float | `0.001` | > 0 | all | learning rate |" in text
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """A model of a task that exists only in this test."""
+
+    width: int = key(4, low=2, help="toy width")
+    mode: Literal["a", "b"] = key("a", help="toy mode")
+
+
+class ToyTask:
+    ModelConfig = ToyConfig
+    formats = ("toy", "text")
+
+
+def test_a_task_added_to_the_table_loads_with_its_own_model_keys(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "toy", ToyTask)
+    path = write(tmp_path, "task: toy\ndata:\n  train: t.txt\nmodel:\n  width: 9\n"
+                           "train:\n  lr: 0.5\n")
+    config = load_config(path, ["model.mode=b"])
+    assert config.task == "toy" and config.model == ToyConfig(width=9, mode="b")
+    assert config.data.format == "toy" and config.train.lr == 0.5
+    assert "## model (toy: `ToyConfig`)" in config_reference()
+    with pytest.raises(NlpseqError, match=r"p\.yaml:5: model\.width: must be >= 2, got 1"):
+        load_config(write(tmp_path, "task: toy\nmodel:\n  mode: a\n\n  width: 1\n"))
+    with pytest.raises(NlpseqError, match=r"unknown key model\.widht; did you mean model\.width"):
+        load_config(write(tmp_path, "task: toy\nmodel:\n  widht: 3\n"))
+    with pytest.raises(NlpseqError, match="data.tag_scheme: does not apply to the toy task"):
+        load_config(write(tmp_path, "task: toy\ndata:\n  tag_scheme: iob2\n"))
+    with pytest.raises(NlpseqError, match="the toy task reads toy or text, not tsv"):
+        load_config(write(tmp_path, "task: toy\n"), ["data.format=tsv"])
 
 
 def test_a_key_written_twice_is_an_error(tmp_path):
@@ -241,7 +356,7 @@ def test_names_from_other_toolkits_point_to_ours(tmp_path, key, wanted):
 
 
 def test_a_data_format_the_task_cannot_read(tmp_path):
-    path = write(tmp_path, "task: chargen\ndata:\n  format: hub\n  hub_name: x/y\n")
+    path = write(tmp_path, "task: chargen\ndata:\n  format: hub\n")
     with pytest.raises(NlpseqError, match=rf"^{path}:3: data.format: the chargen task reads "
                                           "text, not hub$"):
         load_config(path)

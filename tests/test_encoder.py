@@ -9,7 +9,7 @@ import torch
 
 from nlpseq import native
 from nlpseq.batching import collate_text
-from nlpseq.models.classifier import POOLINGS, TextClassifier
+from nlpseq.models.classifier import POOLINGS, ClassifierConfig, TextClassifier
 from nlpseq.models.encoder import Dropout, RecurrentEncoder, reverse_padded
 
 SENTENCES = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]
@@ -102,7 +102,8 @@ def test_pretrained_and_frozen_embeddings():
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_classifier_scores_do_not_depend_on_padding(pooling):
     torch.manual_seed(0)
-    model = TextClassifier(20, 3, embedding_dim=6, hidden_size=5, pooling=pooling).eval()
+    config = ClassifierConfig(embedding_dim=6, hidden_size=5, pooling=pooling)
+    model = TextClassifier(config, 20, 3).eval()
     batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
     with torch.no_grad():
         logits = model.logits(batch.ids, batch.lengths)
@@ -121,9 +122,9 @@ def test_classifier_scores_do_not_depend_on_padding(pooling):
 def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
     torch.manual_seed(0)
     matrix = torch.randn(20, 6)
-    model = TextClassifier(20, 3, embedding_dim=6, hidden_size=5, pooling="max-mean",
-                           dropout=0.0, adversarial=0.5, pretrained=matrix,
-                           freeze_embeddings=freeze)
+    config = ClassifierConfig(embedding_dim=6, hidden_size=5, pooling="max-mean", dropout=0.0,
+                              adversarial=0.5)
+    model = TextClassifier(config, 20, 3, pretrained=matrix, freeze_embeddings=freeze)
     batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
     model.train()
     total, count, _ = model(batch)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from nlpseq.batching import pad
-from nlpseq.config import TranslateModelConfig
 from nlpseq.decoding import beam_search, greedy_search
-from nlpseq.models.seq2seq import Seq2Seq, TranslationBatch
+from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig, TranslationBatch
 
 PAD, BOS, EOS = 0, 2, 3
 VOCAB = 20
@@ -20,7 +17,7 @@ def make_model(**overrides) -> Seq2Seq:
     torch.manual_seed(0)
     values = dict(embedding_dim=12, hidden_size=16, dropout=0.0, label_smoothing=0.0)
     values.update(overrides)
-    config = dataclasses.replace(TranslateModelConfig(), **values)
+    config = Seq2SeqConfig(**values)
     return Seq2Seq(config, VOCAB, VOCAB + 3, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
 
 
@@ -104,7 +101,7 @@ def test_label_smoothing_only_in_training():
 def test_tied_and_shared_embeddings():
     model = make_model(tie_embeddings=True)
     assert model.output.weight is model.target_embedding.weight
-    config = dataclasses.replace(TranslateModelConfig(), embedding_dim=8, hidden_size=8)
+    config = Seq2SeqConfig(embedding_dim=8, hidden_size=8)
     shared = Seq2Seq(config, VOCAB, VOCAB, share_source_embedding=True)
     assert shared.target_embedding is shared.encoder.embedding
     assert shared.output.weight is shared.encoder.embedding.weight

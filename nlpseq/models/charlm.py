@@ -8,18 +8,40 @@ ended without back-propagating into the past. Decoding talks to the model throug
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpseq import native
+from nlpseq.config import key
+from nlpseq.models.encoder import CELLS
 
 # LSTM: (h, c), each (layers, B, H); GRU: h (layers, B, H). Batch is dim 1, as in nn.LSTM.
 HiddenState = Tensor | tuple[Tensor, Tensor]
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass(frozen=True)
+class CharLMConfig:
+    """Unidirectional character language model, trained statefully (truncated BPTT):
+    ``train.batch_size`` contiguous lanes read ``seq_len`` characters at a time (the ``model``
+    section of chargen pipelines)."""
+
+    cell: Literal["lstm", "gru"] = key("lstm", help="recurrent cell")
+    embedding_dim: int = key(64, low=1, help="character embedding size")
+    hidden_size: int = key(256, low=1, help="units of each recurrent layer")
+    layers: int = key(2, low=1, help="stacked recurrent layers")
+    dropout: float = key(0.0, low=0, high=1, high_open=True,
+                         help="locked (variational) dropout after each recurrent layer")
+    tie_weights: bool = key(False, help="the output layer shares the embedding matrix")
+    seq_len: int = key(100, low=1, help="characters per truncated-BPTT window")
+    bf16: bool = key(False, help="bfloat16 autocast inside the model, on CPU too (fast only "
+                     "with AMX/AVX512-BF16)")
+    eval_context: int = key(100, low=0, help="validation: characters each lane reads before "
+                            "its start, unscored")
 
 
 class LMBatchLike(Protocol):
@@ -66,41 +88,34 @@ class CharLM(nn.Module):
     stay float32.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int = 64,
-        hidden_size: int = 256,
-        layers: int = 2,
-        cell: str = "lstm",
-        dropout: float = 0.0,
-        tie_weights: bool = False,
-        bf16: bool = False,
-    ):
+    def __init__(self, config: CharLMConfig, vocab_size: int):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        if layers < 1 or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"need layers >= 1 and 0 <= dropout < 1, got {layers}, {dropout}")
+        c = config
+        if c.cell not in ("lstm", "gru"):
+            raise ValueError(f"cell must be lstm or gru, got {c.cell!r}")
+        if c.layers < 1 or not 0.0 <= c.dropout < 1.0:
+            raise ValueError(f"need layers >= 1 and 0 <= dropout < 1, got {c.layers}, {c.dropout}")
+        self.config = config
         self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.layers = layers
-        self.cell = cell
-        self.dropout = dropout
-        self.bf16 = bf16
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.hidden_size = c.hidden_size
+        self.layers = c.layers
+        self.cell = c.cell
+        self.dropout = c.dropout
+        self.bf16 = c.bf16
+        self.embedding = nn.Embedding(vocab_size, c.embedding_dim)
         # one module per layer, so that dropout between layers can be locked over time
         self.rnns = nn.ModuleList(
-            CELLS[cell](embedding_dim if i == 0 else hidden_size, hidden_size, batch_first=True)
-            for i in range(layers)
+            CELLS[c.cell](c.embedding_dim if i == 0 else c.hidden_size, c.hidden_size,
+                          batch_first=True)
+            for i in range(c.layers)
         )
         self.projection: nn.Module | None = None
-        output_in = hidden_size
-        if tie_weights and hidden_size != embedding_dim:
-            self.projection = nn.Linear(hidden_size, embedding_dim)
-            output_in = embedding_dim
+        output_in = c.hidden_size
+        if c.tie_weights and c.hidden_size != c.embedding_dim:
+            self.projection = nn.Linear(c.hidden_size, c.embedding_dim)
+            output_in = c.embedding_dim
         self.output = nn.Linear(output_in, vocab_size)
-        if tie_weights:
+        if c.tie_weights:
             self.output.weight = self.embedding.weight
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> HiddenState:

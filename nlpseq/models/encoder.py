@@ -11,6 +11,9 @@ once on separate cores).
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,11 @@ from torch import Tensor, nn
 
 from nlpseq import native
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+Cell = Literal["rnn", "lstm", "gru"]
+#: recurrent cell name -> torch module (the names of :data:`Cell`)
+CELLS: dict[str, type[nn.RNNBase]] = dict(
+    zip(typing.get_args(Cell), (nn.RNN, nn.LSTM, nn.GRU), strict=True)
+)
 
 
 def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
@@ -113,7 +120,7 @@ class RecurrentEncoder(nn.Module):
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
         extra_dim: int = 0,
-        fixed_vectors: Tensor | int | None = None,
+        fixed_vectors: Tensor | None = None,
         sparse_embedding: bool = False,
     ):
         super().__init__()
@@ -128,13 +135,12 @@ class RecurrentEncoder(nn.Module):
                 self.embedding.weight.copy_(pretrained)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         # Ids >= vocab_size look up fixed (untrained) pretrained vectors: words never seen in
-        # training. An int gives the row count only (the weights come from a checkpoint).
+        # training. They are not weights: the run directory stores them once
+        # (nlpseq.embeddings.save_fixed_vectors), so every weights file stays small.
         self.vocab_size = vocab_size
-        if isinstance(fixed_vectors, int):
-            fixed_vectors = torch.zeros(fixed_vectors, embedding_dim)
         self.register_buffer(
             "fixed_vectors", fixed_vectors if fixed_vectors is not None and
-            len(fixed_vectors) else None,
+            len(fixed_vectors) else None, persistent=False,
         )
         self.cell = cell
         self.bidirectional = bidirectional

@@ -20,7 +20,7 @@ products; on a CPU this is many times faster than a Python loop over time steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,39 @@ from torch import Tensor, nn
 
 from nlpseq import native
 from nlpseq.batching import Batch
-from nlpseq.config import TranslateModelConfig
+from nlpseq.config import key
 from nlpseq.models.encoder import CELLS, Dropout, RecurrentEncoder, length_mask
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Bidirectional encoder, attentional decoder (the ``model`` section of translate
+    pipelines)."""
+
+    cell: Literal["lstm", "gru"] = key("gru", help="recurrent cell")
+    embedding_dim: int = key(256, low=1, help="token embedding size")
+    hidden_size: int = key(256, low=1, help="decoder units (even: each encoder direction "
+                           "has half)")
+    layers: int = key(1, low=1, help="stacked recurrent layers of encoder and decoder")
+    dropout: float = key(0.2, low=0, high=1, high_open=True,
+                         help="dropout between layers and on the attentional states")
+    embedding_dropout: float = key(0.0, low=0, high=1, high_open=True,
+                                   help="dropout on the token embeddings")
+    attention: Literal["bahdanau", "general", "dot"] = key("general", help="attention score")
+    teacher_forcing: float = key(1.0, low=0, high=1, help="probability of feeding the reference "
+                                 "token (< 1: the model's own predictions too; slower)")
+    tie_embeddings: bool = key(True, help="decoder input embedding = output projection")
+    share_embeddings: bool = key(True, help="one embedding for source and target (needs "
+                                 "tokenizer.joint)")
+    label_smoothing: float = key(0.1, low=0, high=1, high_open=True,
+                                 help="training: label smoothing of the target distribution")
+    bf16: bool = key(False, help="bfloat16 autocast inside the model, on CPU too (fast only "
+                     "with AMX/AVX512-BF16)")
+    max_length_a: float = key(1.5, low=0, help="decoding: at most a * source length + b tokens")
+    max_length_b: int = key(10, low=0, help="decoding: at most a * source length + b tokens")
+    length_penalty: float = key(0.6, low=0, help="decoding: GNMT length penalty alpha "
+                                "(0 = none)")
+    dev_beam: int = key(1, low=1, help="beam size for dev BLEU during training (1 = greedy)")
 
 
 @dataclass
@@ -94,7 +125,7 @@ class Seq2Seq(nn.Module):
 
     def __init__(
         self,
-        config: TranslateModelConfig,
+        config: Seq2SeqConfig,
         source_vocab_size: int,
         target_vocab_size: int,
         *,
@@ -247,7 +278,7 @@ class Seq2Seq(nn.Module):
         return torch.log_softmax(logits.float(), dim=-1), weights[:, 0].float(), state
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """The step function for :mod:`nlpseq.beam`: (N,) -> (log-probs (N, V), state)."""
+        """The step function for :mod:`nlpseq.decoding`: (N,) -> (log-probs (N, V), state)."""
         log_probs, _, state = self.decode_step(tokens, state)
         return log_probs, state
 

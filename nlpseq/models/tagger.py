@@ -1,9 +1,8 @@
 """Sequence tagger: word + character + casing features -> BiRNN -> softmax or CRF.
 
 Each token is represented by
-- its word embedding (lowercased training vocabulary, initialised from pretrained vectors),
-- optionally the frozen pretrained vector of the word (the whole pretrained table is kept,
-  so words never seen in training still get their pretrained vector at inference),
+- its word embedding (lowercased training vocabulary, initialised from pretrained vectors;
+  words never seen in training look up fixed pretrained rows, see :mod:`nlpseq.embeddings`),
 - a character encoding of the word as written (char CNN with max-pooling, or char BiLSTM),
   computed once per distinct word of the batch,
 - a small casing embedding (GloVe is lowercase; the casing feature gives back capitals).
@@ -12,16 +11,48 @@ Each token is represented by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpseq.batching import Batch
+from nlpseq.config import key
 from nlpseq.models.crf import LinearChainCRF
-from nlpseq.models.encoder import Dropout, RecurrentEncoder
+from nlpseq.models.encoder import Cell, Dropout, RecurrentEncoder
+from nlpseq.tokenize import UNK
 
-UNK = 1  # id of the unknown word (and unknown character) in the vocabularies
+Scheme = Literal["iob1", "iob2", "bioes"]
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    """BiRNN tagger with character features and a softmax or CRF output layer (the ``model``
+    section of ner pipelines)."""
+
+    cell: Cell = key("lstm", help="recurrent cell")
+    embedding_dim: int = key(50, low=1, help="word embedding size")
+    hidden_size: int = key(200, low=1, help="units per direction of each recurrent layer")
+    layers: int = key(1, low=1, help="stacked recurrent layers")
+    bidirectional: bool = key(True, help="also read each sentence right to left")
+    dropout: float = key(0.5, low=0, high=1, high_open=True,
+                         help="dropout between layers and before the output layer")
+    embedding_dropout: float = key(0.0, low=0, high=1, high_open=True,
+                                   help="dropout on the concatenated token features")
+    char_encoder: Literal["cnn", "lstm", "none"] = key("cnn", help="character features")
+    char_embedding_dim: int = key(30, low=1, help="character embedding size")
+    char_hidden_size: int = key(50, low=1, help="char CNN filters or char LSTM units")
+    char_kernel_size: int = key(3, low=1, help="char CNN window (odd)")
+    casing_dim: int = key(8, low=0, help="casing feature size (0 = none)")
+    output: Literal["crf", "softmax"] = key("crf", help="output layer")
+    train_scheme: Scheme = key("bioes", help="tag scheme the model predicts in")
+    word_dropout: float = key(0.0, low=0, high=1, high_open=True,
+                              help="training: replace known words by <unk> with this probability")
+    frozen_vectors: bool = key(True, help="every word of the vectors file outside the "
+                               "training vocabulary keeps its vector, fixed (needs "
+                               "embeddings.path; as embeddings.extend_vocab over the whole file)")
+
 
 #: casing classes of a token as written; 0 is padding
 CASINGS = ("<pad>", "numeric", "mainly_numeric", "lower", "upper", "title", "has_digit", "other")
@@ -55,7 +86,6 @@ class TaggerBatch(Batch):
     casing: Tensor  # (B, T) casing class ids
     word_chars: Tensor  # (U, L) character ids of the batch's distinct words, 0-padded
     word_index: Tensor  # (B, T) row of word_chars for each token
-    pretrained_ids: Tensor | None = None  # (B, T) rows of the frozen pretrained table
     tags: Tensor | None = None  # (B, T) gold tag ids, 0 at padding
 
     @property
@@ -102,73 +132,60 @@ class CharBiRNN(nn.Module):
         return final * (lengths > 0).unsqueeze(1)
 
 
+def _char_encoder(config: TaggerConfig, num_chars: int) -> CharCNN | CharBiRNN | None:
+    """The character feature module ``config.char_encoder`` names (None for ``none``)."""
+    if config.char_encoder == "cnn":
+        return CharCNN(num_chars, config.char_embedding_dim, config.char_hidden_size,
+                       config.char_kernel_size)
+    if config.char_encoder == "lstm":
+        return CharBiRNN(num_chars, config.char_embedding_dim, config.char_hidden_size)
+    if config.char_encoder == "none":
+        return None
+    raise ValueError(f"unknown char_encoder {config.char_encoder!r}; expected cnn, lstm or none")
+
+
 class SequenceTagger(nn.Module):
     """BiRNN tagger with character and casing features and a softmax or CRF output."""
 
     def __init__(
         self,
+        config: TaggerConfig,
         vocab_size: int,
         num_chars: int,
         num_tags: int,
         *,
-        embedding_dim: int = 50,
-        hidden_size: int = 200,
-        cell: str = "lstm",
-        layers: int = 1,
-        bidirectional: bool = True,
-        dropout: float = 0.5,
-        embedding_dropout: float = 0.5,
-        word_dropout: float = 0.0,
-        char_encoder: str = "cnn",
-        char_embedding_dim: int = 30,
-        char_hidden_size: int = 50,
-        char_kernel_size: int = 3,
-        casing_dim: int = 8,
-        output: str = "crf",
         constraints: tuple[Tensor, Tensor, Tensor] | None = None,
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
-        frozen_vectors: Tensor | None = None,
+        fixed_vectors: Tensor | None = None,
         sparse_embedding: bool = False,
     ):
+        """``constraints``: the CRF's allowed (start, transition, end) masks;
+        ``fixed_vectors`` (F, E): the rows of word ids >= ``vocab_size`` (not trained)."""
         super().__init__()
-        if output not in ("crf", "softmax"):
-            raise ValueError(f"unknown output {output!r}; expected crf or softmax")
-        self.word_dropout = word_dropout
-        if char_encoder == "cnn":
-            self.chars: nn.Module | None = CharCNN(
-                num_chars, char_embedding_dim, char_hidden_size, char_kernel_size
-            )
-        elif char_encoder == "lstm":
-            self.chars = CharBiRNN(num_chars, char_embedding_dim, char_hidden_size)
-        elif char_encoder == "none":
-            self.chars = None
-        else:
-            raise ValueError(f"unknown char_encoder {char_encoder!r}; expected cnn, lstm or none")
-        self.casing = nn.Embedding(len(CASINGS), casing_dim, padding_idx=0) if casing_dim else None
-        # The frozen table is not a weight of the model: it is saved once with the run's
-        # artifacts, so the weights written at every evaluation stay small.
-        self.register_buffer("frozen_vectors", frozen_vectors, persistent=False)
-        extra_dim = (
-            (self.chars.output_size if self.chars is not None else 0)
-            + casing_dim
-            + (frozen_vectors.size(1) if frozen_vectors is not None else 0)
-        )
+        c = config
+        if c.output not in ("crf", "softmax"):
+            raise ValueError(f"unknown output {c.output!r}; expected crf or softmax")
+        self.config = config
+        self.word_dropout = c.word_dropout
+        self.chars = _char_encoder(c, num_chars)
+        self.casing = nn.Embedding(len(CASINGS), c.casing_dim, padding_idx=0) \
+            if c.casing_dim else None
+        extra_dim = (self.chars.output_size if self.chars is not None else 0) + c.casing_dim
         self.encoder = RecurrentEncoder(
-            vocab_size, embedding_dim, hidden_size, cell=cell, layers=layers,
-            bidirectional=bidirectional, dropout=dropout, embedding_dropout=embedding_dropout,
-            pretrained=pretrained, freeze_embeddings=freeze_embeddings, extra_dim=extra_dim,
-            sparse_embedding=sparse_embedding,
+            vocab_size, c.embedding_dim, c.hidden_size, cell=c.cell, layers=c.layers,
+            bidirectional=c.bidirectional, dropout=c.dropout,
+            embedding_dropout=c.embedding_dropout, pretrained=pretrained,
+            freeze_embeddings=freeze_embeddings, extra_dim=extra_dim,
+            fixed_vectors=fixed_vectors, sparse_embedding=sparse_embedding,
         )
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(c.dropout)
         self.output = nn.Linear(self.encoder.output_size, num_tags)
-        self.crf = LinearChainCRF(num_tags, *(constraints or ())) if output == "crf" else None
+        self.crf = LinearChainCRF(num_tags, *(constraints or ())) if c.output == "crf" else None
 
     def emissions(self, batch: TaggerBatch) -> Tensor:
         """Tag scores ``(B, T, K)`` of every token."""
         features = []
-        if self.frozen_vectors is not None:
-            features.append(F.embedding(batch.pretrained_ids, self.frozen_vectors))  # (B, T, P)
         if self.chars is not None:
             per_word = self.chars(batch.word_chars)  # (U, F)
             features.append(per_word[batch.word_index])  # (B, T, F)
