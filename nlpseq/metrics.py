@@ -15,7 +15,8 @@ def prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
 
 
 class ClassificationCounts:
-    """Accuracy and per-class / macro / micro precision, recall and F1 (as percentages)."""
+    """Accuracy and per-class / macro / micro precision, recall and F1 (as percentages), with
+    the confusion counts ``[gold][predicted]``."""
 
     def __init__(self, labels: Sequence[str]):
         self.labels = list(labels)
@@ -55,6 +56,7 @@ class ClassificationCounts:
             "macro_f1": 100 * sums[2] / k if k else 0.0,
             "micro_f1": accuracy,
             "per_class": per_class,
+            "confusion": {"labels": list(self.labels), "counts": [r[:] for r in self.confusion]},
             "n": n,
         }
 

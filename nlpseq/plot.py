@@ -1,170 +1,307 @@
-"""Attention heat maps as PNG files, written with zlib alone (no plotting library needed).
+"""Pictures as PNG files: attention heat maps, training curves, NER entity scores, confusion
+matrices. Drawn with matplotlib, the optional extra ``pip install 'nlpseq[plot]'``.
 
-Rows are output tokens (labels on the left), columns are source tokens (labels on top, read
-bottom to top); a cell's colour is its attention weight on a fixed 0..1 scale (dark purple =
-0, yellow = 1, an approximation of viridis). Labels use a built-in 5x7 pixel font of upper-case
-ASCII: letters are shown in upper case, accents are dropped and other characters drawn as a box.
+Each picture has a ``*_figure`` function that returns a matplotlib ``Figure`` (to inspect or
+restyle it) and a ``*_png`` wrapper that saves it. matplotlib is imported only inside them and
+draws on the Agg canvas, so the package starts without it and never needs a display. Figure sizes
+are fixed in inches from the number of tokens or labels (no tight cropping), so a picture's pixel
+size is ``DPI`` times its size in inches.
 """
 
 from __future__ import annotations
 
-import struct
-import unicodedata
-import zlib
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-# 5x7 glyphs: seven rows of five bits each (bit 4 = leftmost pixel).
-FONT: dict[str, tuple[int, ...]] = {
-    "A": (0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11),
-    "B": (0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E),
-    "C": (0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E),
-    "D": (0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C),
-    "E": (0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F),
-    "F": (0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10),
-    "G": (0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F),
-    "H": (0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11),
-    "I": (0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E),
-    "J": (0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C),
-    "K": (0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11),
-    "L": (0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F),
-    "M": (0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11),
-    "N": (0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11),
-    "O": (0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E),
-    "P": (0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10),
-    "Q": (0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D),
-    "R": (0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11),
-    "S": (0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E),
-    "T": (0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04),
-    "U": (0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E),
-    "V": (0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04),
-    "W": (0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A),
-    "X": (0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11),
-    "Y": (0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04),
-    "Z": (0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F),
-    "0": (0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E),
-    "1": (0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E),
-    "2": (0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F),
-    "3": (0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E),
-    "4": (0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02),
-    "5": (0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E),
-    "6": (0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E),
-    "7": (0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08),
-    "8": (0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E),
-    "9": (0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C),
-    " ": (0, 0, 0, 0, 0, 0, 0),
-    ".": (0, 0, 0, 0, 0, 0x0C, 0x0C),
-    ",": (0, 0, 0, 0, 0x0C, 0x04, 0x08),
-    "!": (0x04, 0x04, 0x04, 0x04, 0, 0, 0x04),
-    "?": (0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04),
-    "-": (0, 0, 0, 0x1F, 0, 0, 0),
-    "_": (0, 0, 0, 0, 0, 0, 0x1F),
-    "'": (0x0C, 0x04, 0x08, 0, 0, 0, 0),
-    '"': (0x0A, 0x0A, 0x0A, 0, 0, 0, 0),
-    ":": (0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0),
-    ";": (0, 0x0C, 0x0C, 0, 0x0C, 0x04, 0x08),
-    "(": (0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02),
-    ")": (0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08),
-    "/": (0, 0x01, 0x02, 0x04, 0x08, 0x10, 0),
-    "<": (0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02),
-    ">": (0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08),
-    "&": (0x0C, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0D),
-    "+": (0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0),
-    "=": (0, 0, 0x1F, 0, 0x1F, 0, 0),
-}
-BOX = (0x1F, 0x11, 0x11, 0x11, 0x11, 0x11, 0x1F)
-VIRIDIS = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
-WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
+from nlpseq import checkpoint as ckpt
+from nlpseq.errors import NlpseqError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 100
+INSTALL_HINT = "drawing needs matplotlib: pip install 'nlpseq[plot]'"
+TOKEN_CELL = 0.3  # inches per token in the attention heat map: room for a 9-point label
+CHAR_WIDTH = 0.075  # inches per character of a 9-point label
+SLANTED_CHAR_HEIGHT = 0.065  # the same, written at 60 degrees: CHAR_WIDTH * sin(60)
+PICTURED_TASKS = ("ner", "sentiment")  # tasks whose evaluation ``evaluation_png`` can draw
 
 
-def label_text(token: str) -> str:
-    """A token as the font can draw it: Metaspace ``▁`` as ``_``, upper case, no accents."""
-    text = token.replace("\u2581", "_").replace("ß", "ss")
-    text = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in text if not unicodedata.combining(c)).upper()
+def require_matplotlib() -> None:
+    """Raise a one-line NlpseqError saying how to install matplotlib when it is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise NlpseqError(INSTALL_HINT) from None
 
 
-def colour(value: float) -> tuple[int, int, int]:
-    """Linear interpolation between the viridis anchors; ``value`` is clipped to [0, 1]."""
-    value = min(max(float(value), 0.0), 1.0) * (len(VIRIDIS) - 1)
-    low = min(int(value), len(VIRIDIS) - 2)
-    frac = value - low
-    a, b = VIRIDIS[low], VIRIDIS[low + 1]
-    return tuple(round(x + (y - x) * frac) for x, y in zip(a, b))
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches on an Agg canvas (no display)."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
-class Canvas:
-    """An RGB pixel buffer that can be saved as PNG."""
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` to ``path`` as PNG (whatever the suffix); returns the path."""
+    path = Path(path)
+    try:
+        figure.savefig(path, format="png", dpi=DPI)
+    except OSError as err:
+        raise NlpseqError(f"cannot write the picture: {err.strerror or err}", path) from None
+    return path
 
-    def __init__(self, width: int, height: int):
-        self.width, self.height = width, height
-        self.pixels = bytearray(WHITE * (width * height))
 
-    def fill(self, x: int, y: int, w: int, h: int, rgb: tuple[int, int, int]) -> None:
-        for row in range(max(y, 0), min(y + h, self.height)):
-            start = (row * self.width + max(x, 0)) * 3
-            end = (row * self.width + min(x + w, self.width)) * 3
-            self.pixels[start:end] = bytes(rgb) * ((end - start) // 3)
+# --- attention ------------------------------------------------------------------------------
 
-    def text(self, x: int, y: int, text: str, scale: int = 1, vertical: bool = False) -> None:
-        """Draw ``text`` with its top-left at (x, y); ``vertical`` reads bottom to top and
-        (x, y) is then the bottom-left corner."""
-        for index, char in enumerate(text):
-            glyph = FONT.get(char, BOX)
-            for row, bits in enumerate(glyph):
-                for col in range(5):
-                    if not bits & (0x10 >> col):
-                        continue
-                    if vertical:  # rotated 90 degrees counter-clockwise
-                        px, py = x + row * scale, y - (index * 6 + col + 1) * scale
-                    else:
-                        px, py = x + (index * 6 + col) * scale, y + row * scale
-                    self.fill(px, py, scale, scale, BLACK)
 
-    def png(self) -> bytes:
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            body = kind + data
-            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-        stride = self.width * 3
-        raw = b"".join(
-            b"\x00" + bytes(self.pixels[row * stride : (row + 1) * stride])
-            for row in range(self.height)
-        )
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+def attention_figure(
+    attention: Sequence[Sequence[float]],
+    source_tokens: Sequence[str],
+    target_tokens: Sequence[str],
+) -> Figure:
+    """Heat map of ``attention`` (len(target_tokens) x len(source_tokens), weights in [0, 1]):
+    one row per output token, one column per source token, and a colour bar."""
+    weights = [[float(value) for value in row] for row in attention]
+    rows, cols = len(target_tokens), len(source_tokens)
+    if rows == 0 or cols == 0:
+        raise ValueError("an attention map needs at least one source and one output token")
+    if len(weights) != rows or any(len(row) != cols for row in weights):
+        raise ValueError("weights must have one row per target and one column per source token")
+    longest_source = max(len(token) for token in source_tokens)
+    longest_target = max(len(token) for token in target_tokens)
+    width = 2.2 + TOKEN_CELL * cols + CHAR_WIDTH * longest_target
+    height = 1.2 + TOKEN_CELL * rows + SLANTED_CHAR_HEIGHT * longest_source
+    figure = new_figure(width, height)
+    axes = figure.add_subplot()
+    image = axes.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(cols), labels=list(source_tokens), rotation=60, ha="right",
+                    rotation_mode="anchor", fontsize=9)
+    axes.set_yticks(range(rows), labels=list(target_tokens), fontsize=9)
+    axes.set_xlabel("source")
+    axes.set_ylabel("output")
+    figure.colorbar(image, ax=axes, label="attention weight", fraction=0.05, pad=0.02)
+    return figure
 
 
 def attention_png(
-    weights: Sequence[Sequence[float]],
+    attention: Sequence[Sequence[float]],
     source_tokens: Sequence[str],
     target_tokens: Sequence[str],
     path: str | Path,
-    cell: int = 24,
-    scale: int = 2,
-) -> None:
-    """Write the heat map of ``weights`` (len(target_tokens) x len(source_tokens)) to ``path``."""
-    rows, cols = len(target_tokens), len(source_tokens)
-    if len(weights) != rows or any(len(r) != cols for r in weights):
-        raise ValueError("weights must have one row per target and one column per source token")
-    row_labels = [label_text(t) for t in target_tokens]
-    col_labels = [label_text(t) for t in source_tokens]
-    char = 6 * scale
-    margin = 2 * scale
-    left = max([len(t) for t in row_labels] + [1]) * char + 2 * margin
-    top = max([len(t) for t in col_labels] + [1]) * char + 2 * margin
-    canvas = Canvas(left + cols * cell + margin, top + rows * cell + margin)
-    for i, row in enumerate(weights):
-        for j, value in enumerate(row):
-            canvas.fill(left + j * cell, top + i * cell, cell, cell, colour(value))
-    glyph_height = 7 * scale
-    for i, label in enumerate(row_labels):
-        x = left - margin - len(label) * char
-        canvas.text(x, top + i * cell + (cell - glyph_height) // 2, label, scale)
-    for j, label in enumerate(col_labels):
-        x = left + j * cell + (cell - glyph_height) // 2
-        canvas.text(x, top - margin, label, scale, vertical=True)
-    canvas.fill(left - 1, top - 1, cols * cell + 1, 1, GREY)
-    canvas.fill(left - 1, top - 1, 1, rows * cell + 1, GREY)
-    Path(path).write_bytes(canvas.png())
+) -> Path:
+    """Write :func:`attention_figure` to ``path`` as PNG."""
+    return save_png(attention_figure(attention, source_tokens, target_tokens), path)
+
+
+# --- training curves ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    """One run's evaluation records (oldest first) and the checkpoint it kept."""
+
+    name: str
+    records: list[dict[str, Any]]
+    selection_metric: str | None  # the dev metric that picked the checkpoint
+    best_step: int | None  # the training step of the kept checkpoint
+
+
+def read_history(run_dir: str | Path) -> RunHistory:
+    """The evaluation history and selection of a run directory's committed checkpoint."""
+    run_dir = Path(run_dir)
+    folder = ckpt.RunDir(run_dir).current() if run_dir.is_dir() else None
+    if folder is None:
+        raise NlpseqError(f"not a run directory with a training history (no {ckpt.POINTER})",
+                          run_dir)
+    path = folder / ckpt.HISTORY
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise NlpseqError(f"not a JSON record: {err}", path, number) from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise NlpseqError("a history record needs an integer step", path, number)
+        records.append(record)
+    if not records:
+        raise NlpseqError("the history is empty: no evaluation yet", path)
+    selection = ckpt.read_json(folder / ckpt.METRICS) if (folder / ckpt.METRICS).is_file() else {}
+    return RunHistory(run_dir.resolve().name, records, selection.get("selection_metric"),
+                      selection.get("step"))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _line(axes: Axes, xs: list[float], records: list[dict], key: str, **style: Any) -> None:
+    """Plot ``key`` of each record against ``xs``, skipping records without it."""
+    points = [(x, _number(r.get(key))) for x, r in zip(xs, records)]
+    points = [(x, y) for x, y in points if y is not None]
+    if points:
+        axes.plot(*zip(*points), marker="o", markersize=3, **style)
+
+
+def _draw_run(grid: Any, run: RunHistory, colour: str, label: str) -> None:
+    """One run's curves on the 3 x 2 grid (rows: loss, dev metric, lr; columns: step, minutes)."""
+    steps = [float(r["step"]) for r in run.records]
+    minutes = [_number(r.get("elapsed_s")) for r in run.records]
+    minutes = [m / 60 if m is not None else math.nan for m in minutes]
+    for column, xs in enumerate((steps, minutes)):
+        _line(grid[0][column], xs, run.records, "train_loss", color=colour,
+              label=label if column == 0 else None)
+        _line(grid[2][column], xs, run.records, "lr", color=colour)
+        if run.selection_metric is None:
+            continue
+        _line(grid[1][column], xs, run.records, run.selection_metric, color=colour)
+        for x, record in zip(xs, run.records):
+            value = _number(record.get(run.selection_metric))
+            if record["step"] == run.best_step and value is not None:
+                grid[1][column].plot([x], [value], marker="*", markersize=14, color=colour,
+                                     markeredgecolor="black", linestyle="none", gid="best")
+                break
+
+
+def curves_figure(runs: Sequence[RunHistory]) -> Figure:
+    """Training loss, dev selection metric and learning rate against steps (left) and minutes
+    (right) for each run; a star marks each run's kept checkpoint."""
+    if not runs:
+        raise ValueError("no runs to draw")
+    from matplotlib.lines import Line2D
+
+    metrics = {run.selection_metric for run in runs if run.selection_metric}
+    figure = new_figure(11.0, 9.0)
+    grid = figure.subplots(3, 2, sharex="col")
+    for index, run in enumerate(runs):
+        label = run.name if len(metrics) < 2 else f"{run.name} ({run.selection_metric})"
+        _draw_run(grid, run, f"C{index % 10}", label)
+    for row, name in enumerate(("training loss", _metric_label(metrics), "learning rate")):
+        grid[row][0].set_ylabel(name)
+    grid[2][0].set_xlabel("step")
+    grid[2][1].set_xlabel("minutes")
+    for axes in grid.flat:
+        axes.grid(alpha=0.3)
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="*", markersize=12, color="white",
+                          markeredgecolor="black", linestyle="none"))
+    labels.append("kept checkpoint")
+    figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5))
+    return figure
+
+
+def _metric_label(metrics: set[str]) -> str:
+    return f"dev {next(iter(metrics))}" if len(metrics) == 1 else "dev selection metric"
+
+
+def curves_png(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """Read each run directory's history and write :func:`curves_figure` to ``path``."""
+    runs = [read_history(run_dir) for run_dir in run_dirs]
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names):  # e.g. a/run and b/run: name them by the path given
+        runs = [replace(run, name=str(run_dir)) for run, run_dir in zip(runs, run_dirs)]
+    return save_png(curves_figure(runs), path)
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def entity_scores_figure(scores: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Precision, recall and F1 bars (percent) per entity type; ``scores`` maps a type to
+    ``{"precision", "recall", "f1", "support"}``, as NER evaluation's ``per_type``."""
+    if not scores:
+        raise NlpseqError("no entities to draw: neither gold data nor predictions hold any")
+    types = list(scores)
+    figure = new_figure(max(5.0, 1.5 + 1.1 * len(types)), 4.5)
+    axes = figure.add_subplot()
+    bar = 0.27
+    for offset, key in enumerate(("precision", "recall", "f1")):
+        xs = [i + (offset - 1) * bar for i in range(len(types))]
+        bars = axes.bar(xs, [float(scores[t][key]) for t in types], width=bar,
+                        label="F1" if key == "f1" else key, color=f"C{offset}")
+        axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    labels = [f"{t}\n{scores[t]['support']} gold" if "support" in scores[t] else t
+              for t in types]
+    axes.set_xticks(range(len(types)), labels=labels)
+    axes.set_ylim(0, 110)
+    axes.set_ylabel("percent")
+    axes.grid(axis="y", alpha=0.3)
+    figure.legend(loc="outside upper center", ncols=3)
+    return figure
+
+
+def entity_scores_png(scores: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
+    """Write :func:`entity_scores_figure` to ``path`` as PNG."""
+    return save_png(entity_scores_figure(scores), path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
+    """Confusion matrix: ``matrix[gold][predicted]`` counts, each cell written out."""
+    k = len(labels)
+    if k == 0 or len(matrix) != k or any(len(row) != k for row in matrix):
+        raise ValueError("a confusion matrix needs one row and one column per label")
+    side = 2.5 + 0.7 * k + CHAR_WIDTH * max(len(label) for label in labels)
+    figure = new_figure(side + 1.0, side)
+    axes = figure.add_subplot()
+    counts = [[int(value) for value in row] for row in matrix]
+    image = axes.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, max(map(max, counts))))
+    threshold = image.norm.vmax / 2
+    for gold, row in enumerate(counts):
+        for predicted, value in enumerate(row):
+            axes.text(predicted, gold, str(value), ha="center", va="center",
+                      color="white" if value > threshold else "black")
+    axes.set_xticks(range(k), labels=list(labels), rotation=45, ha="right",
+                    rotation_mode="anchor")
+    axes.set_yticks(range(k), labels=list(labels))
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("gold")
+    figure.colorbar(image, ax=axes, label="examples", fraction=0.05, pad=0.03)
+    return figure
+
+
+def confusion_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
+                  path: str | Path) -> Path:
+    """Write :func:`confusion_figure` to ``path`` as PNG."""
+    return save_png(confusion_figure(matrix, labels), path)
+
+
+def check_plot_target(task_name: str, path: str | Path) -> None:
+    """Fail early, before the work behind a picture: the task has none, matplotlib is missing
+    or the picture's folder does not exist."""
+    if task_name not in PICTURED_TASKS:
+        raise NlpseqError(f"--plot: {task_name} evaluation has no picture (only "
+                          f"{' and '.join(PICTURED_TASKS)} have one)", path)
+    require_matplotlib()
+    if not Path(path).expanduser().resolve().parent.is_dir():
+        raise NlpseqError("--plot: the folder does not exist", path)
+
+
+def evaluation_figure(task_name: str, metrics: Mapping[str, Any]) -> Figure:
+    """The picture of an evaluation's ``metrics``: entity scores (with all types together) for
+    NER, the confusion matrix for sentiment."""
+    if task_name == "ner":
+        overall = {key: metrics[key] for key in ("precision", "recall", "f1")}
+        scores = {**metrics["per_type"], "all types": {**overall, "support": metrics["n_gold"]}}
+        return entity_scores_figure(scores)
+    if task_name == "sentiment":
+        confusion = metrics["confusion"]
+        return confusion_figure(confusion["counts"], confusion["labels"])
+    raise NlpseqError(f"{task_name} evaluation has no picture (only "
+                      f"{' and '.join(PICTURED_TASKS)} have one)")
+
+
+def evaluation_png(task_name: str, metrics: Mapping[str, Any], path: str | Path) -> Path:
+    """Write :func:`evaluation_figure` to ``path`` as PNG."""
+    return save_png(evaluation_figure(task_name, metrics), path)
