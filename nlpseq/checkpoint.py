@@ -249,7 +249,7 @@ class RunDir:
             return
         if not self.path.is_dir():
             raise NlpseqError("--out must be a folder", self.path)
-        if any(self.path.iterdir()) and not self.config.is_file():
+        if any(p.name != LOCK for p in self.path.iterdir()) and not self.config.is_file():
             raise NlpseqError("folder is not empty and is not a run directory; choose a new "
                               "or empty folder for --out", self.path)
 

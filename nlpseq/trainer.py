@@ -49,6 +49,8 @@ class TrainerState:
     lr_scale: float = 1.0  # reduce-on-plateau multiplier
     elapsed: float = 0.0  # seconds trained before this process (resume)
     tokens: int = 0
+    epoch_loss: float = 0.0  # summed training loss of ``epoch`` so far, and its count
+    epoch_count: int = 0
     finished: bool = False
     stopped: str = ""  # why it finished: epochs, early stopping, time budget
     optimizer: dict = field(default_factory=dict)
@@ -341,7 +343,7 @@ def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
     while state.epoch < t.epochs:
         evals = {round(len(batches) * (i + 1) / t.evals_per_epoch)
                  for i in range(t.evals_per_epoch)}
-        loss_sum, loss_count, tokens, epoch_start = 0.0, 0, 0, time.monotonic()
+        tokens, epoch_start = 0, time.monotonic()
         bar = _progress(len(batches), state.epoch, s.budget, progress)
         bar.update(state.batch)
         s.model.train()
@@ -358,18 +360,21 @@ def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
             if s.average is not None:
                 s.average.update()
             state.step, state.batch = state.step + 1, index + 1
-            loss_sum, loss_count = loss_sum + loss.item(), loss_count + int(count)
+            state.epoch_loss += loss.item()
+            state.epoch_count += int(count)
             tokens += batch.num_tokens
             state.tokens += batch.num_tokens
             speed = tokens / max(time.monotonic() - epoch_start, 1e-9)
-            bar.step(loss_sum / max(loss_count, 1), speed)
+            mean_loss = state.epoch_loss / max(state.epoch_count, 1)
+            bar.step(mean_loss, speed)
             out_of_time = _any_rank(s.budget.exhausted(), s.world)
             if state.batch in evals or out_of_time:
                 label = state.epoch + 1
                 if state.batch == len(batches):
                     state.epoch, state.batch = state.epoch + 1, 0
+                    state.epoch_loss, state.epoch_count = 0.0, 0
                     carry = s.task.train_carry()
-                yield EvalPoint(label, loss_sum / max(loss_count, 1), speed, out_of_time, carry)
+                yield EvalPoint(label, mean_loss, speed, out_of_time, carry)
                 s.model.train()
         bar.close()
         if state.epoch < t.epochs:
