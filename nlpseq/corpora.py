@@ -1,15 +1,19 @@
 """Corpus readers: files on disk (``.gz`` read transparently) -> examples.
 
-Labelled TSV/CSV/JSONL go through ``datasets`` (Arrow-backed, memory-mapped); every reader
-reports bad input as :class:`NlpseqError` with the file and line.
+Every reader reads its file once, line by line, reports bad input as :class:`NlpseqError`
+with the file and line, and reads Windows files (a UTF-8 byte order mark, CRLF line ends) as
+the same file written without them. ``datasets`` is used for Hugging Face hub corpora only:
+for a local file it would only add two more passes (its own parse and a UTF-8 check before),
+since the texts end up as Python strings either way.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
-import io
 import json
 import socket
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -93,7 +97,14 @@ def check_utf8(path: str | Path) -> None:
         raise NlpseqError("data file is empty", path)
 
 
-def _decode_lines(handle: Iterable[bytes], name: str | Path) -> Iterator[tuple[int, str]]:
+_BOM = "\ufeff"
+
+
+def _decode_lines(
+    handle: Iterable[bytes], name: str | Path, *, keep_ends: bool = False
+) -> Iterator[tuple[int, str]]:
+    """Numbered lines without a leading byte order mark; without ``keep_ends`` also without
+    the line end (LF or CRLF); with it, CRLF becomes LF."""
     for number, raw in enumerate(handle, 1):
         try:
             line = raw.decode("utf-8")
@@ -101,7 +112,10 @@ def _decode_lines(handle: Iterable[bytes], name: str | Path) -> Iterator[tuple[i
             raise NlpseqError(
                 f"invalid UTF-8 (byte {err.start} of the line)", name, number
             ) from None
-        yield number, line.rstrip("\r\n")
+        if number == 1 and line.startswith(_BOM):
+            line = line[1:]
+        stripped = line.rstrip("\r\n")
+        yield number, (stripped + "\n" if keep_ends and stripped != line else stripped)
 
 
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -120,7 +134,7 @@ def read_stdin_lines() -> Iterator[tuple[int, str]]:
 
 
 def read_text(path: str | Path) -> str:
-    """A whole text file (``.gz`` allowed) as one string."""
+    """A whole text file (``.gz`` allowed) as one string, line ends as LF."""
     path = _check_file(path)
     with _RawBytes(path) as handle:
         data = handle.read()
@@ -129,66 +143,10 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise NlpseqError("invalid UTF-8", path, line) from None
+    text = text.removeprefix(_BOM).replace("\r\n", "\n")
     if not text.strip():
         raise NlpseqError("data file is empty", path)
     return text
-
-
-def _row_lines(path: Path, fmt: str) -> list[int] | None:
-    """The file line each data row starts on (pandas and Arrow skip blank lines, so the row
-    index alone would misplace errors); a TSV/CSV row whose field count differs from the
-    header's is an error here, before it could shift a text into the label column.
-    None when the csv module cannot follow the file (pandas then has the last word)."""
-    import csv
-
-    # gzip damage was reported by check_utf8, which reads the whole file first
-    with io.TextIOWrapper(_open_raw(path), encoding="utf-8", newline="") as handle:
-        if fmt == "jsonl":
-            return [number for number, line in enumerate(handle, 1) if line.strip()]
-        if fmt == "tsv":  # no quoting: one line is one row
-            rows = ((n, line.rstrip("\r\n").split("\t")) for n, line in enumerate(handle, 1))
-            rows = ((n, row) for n, row in rows if row != [""])
-        else:
-            reader = csv.reader(handle)
-
-            def numbered() -> Iterator[tuple[int, list[str]]]:
-                previous = 0
-                for row in reader:
-                    start, previous = previous + 1, reader.line_num
-                    if row:
-                        yield start, row
-
-            rows = numbered()
-        starts: list[int] = []
-        width = None
-        try:
-            for start, row in rows:
-                if width is None:
-                    width = len(row)  # the header
-                elif len(row) != width:
-                    raise NlpseqError(
-                        f"row has {len(row)} {fmt.upper()} fields, the header has {width}",
-                        path, start,
-                    )
-                else:
-                    starts.append(start)
-        except csv.Error:  # e.g. a field over the csv module's size limit
-            return None
-    return starts
-
-
-def _check_json_lines(path: Path) -> None:
-    """Raise NlpseqError at the first line of a JSONL file that is not a JSON object."""
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise NlpseqError(f"invalid JSON: {err.msg} (column {err.colno})", path,
-                              number) from None
-        if not isinstance(row, dict):
-            raise NlpseqError("line is not a JSON object", path, number)
 
 
 @dataclass
@@ -209,61 +167,120 @@ def read_labelled(
     *,
     require_labels: bool = True,
 ) -> LabelledData:
-    """Read a TSV/CSV (with a header) or JSONL file of texts and labels through ``datasets``."""
-    path = _check_file(path)
-    check_utf8(path)
-    import datasets  # heavy: imported only when a labelled file is read
+    """Read a TSV/CSV (with a header) or JSONL file of texts and labels.
 
-    datasets.disable_progress_bars()
-    # a failed load is reported below as one NlpseqError; datasets would log it too
-    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-    if fmt in ("tsv", "csv"):
-        kwargs = dict(
-            delimiter="\t" if fmt == "tsv" else ",",
-            quoting=3 if fmt == "tsv" else 0,  # TSV: quotes are text, not field delimiters
-            keep_default_na=False,
-        )
-        builder, first_line = "csv", 2
-    elif fmt == "jsonl":
-        kwargs, builder, first_line = {}, "json", 1
-    else:
+    TSV has no quoting (one line is one row); CSV quotes as Excel does (a quoted field may span
+    lines); JSONL holds one object a line. Blank lines are skipped, values kept as written.
+    """
+    path = _check_file(path)
+    if fmt not in ("tsv", "csv", "jsonl"):
         raise NlpseqError(f"format {fmt!r} is not a labelled-text format", path)
-    row_lines = _row_lines(path, fmt)
-    if row_lines == []:
-        raise NlpseqError("data file has no rows", path)
-    try:
-        data = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except Exception as err:  # pandas/arrow parse errors carry their own line numbers
-        if fmt == "jsonl":  # Arrow's "row" counts within a block: find the line ourselves
-            _check_json_lines(path)
-        raise NlpseqError(f"cannot parse {fmt.upper()}: {str(err).splitlines()[0]}", path) from None
-    if fmt == "jsonl" and text_column not in data.column_names:
-        _check_json_lines(path)  # a line such as [1, 2] loads as a column of its own
-    if text_column not in data.column_names:
-        raise NlpseqError(
-            f"no column {text_column!r} (columns: {', '.join(data.column_names)})", path, 1
+    with _RawBytes(path) as handle:
+        lines = _decode_lines(handle, path, keep_ends=fmt == "csv")
+        columns, header_line, rows = (
+            _json_rows(lines, path) if fmt == "jsonl" else _delimited_rows(lines, fmt, path)
         )
-    has_labels = label_column in data.column_names
-    if require_labels and not has_labels:
-        raise NlpseqError(
-            f"no column {label_column!r} (columns: {', '.join(data.column_names)})", path, 1
-        )
-    # a JSONL row without the key reads as None, an empty TSV/CSV field as "": both missing
-    texts = ["" if t is None else str(t) for t in data[text_column]]
-    labels: list[str | None] = [None] * len(texts)
-    if has_labels:
-        labels = [None if v is None or str(v).strip() == "" else str(v) for v in data[label_column]]
-    lines = row_lines
-    if lines is None or len(lines) != len(texts):  # the scan could not mirror the layout
-        lines = [first_line + i for i in range(len(texts))]
-    for line, text, label in zip(lines, texts, labels):
-        if not text.strip():
+    if header_line is None:
+        raise NlpseqError("data file is empty", path)
+    for column in [text_column] + ([label_column] if require_labels else []):
+        if column not in columns:
+            raise NlpseqError(f"no column {column!r} (columns: {', '.join(columns)})", path,
+                              header_line)
+    texts: list[str] = []
+    labels: list[str | None] = []
+    for line, row in rows:
+        text, label = _value(row.get(text_column)), _value(row.get(label_column))
+        if text is None:
             raise NlpseqError(f"row has no value in column {text_column!r}", path, line)
         if require_labels and label is None:
             raise NlpseqError(f"row has no value in column {label_column!r}", path, line)
+        texts.append(text)
+        labels.append(label)
     if not texts:
         raise NlpseqError("data file has no rows", path)
-    return LabelledData(texts, labels, lines, str(path))
+    return LabelledData(texts, labels, [line for line, _ in rows], str(path))
+
+
+def _value(value: object) -> str | None:
+    """A field as a string; None where it is missing (JSON null, an empty or blank field)."""
+    text = None if value is None else str(value)
+    return text if text and text.strip() else None
+
+
+Rows = list[tuple[int, dict]]
+
+
+def _json_rows(
+    lines: Iterator[tuple[int, str]], path: Path
+) -> tuple[list[str], int | None, Rows]:
+    """JSONL lines -> (keys in order of first appearance, first row's line, numbered rows)."""
+    columns: dict[str, None] = {}
+    rows: Rows = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NlpseqError(f"invalid JSON: {err.msg} (column {err.colno})", path,
+                              number) from None
+        if not isinstance(row, dict):
+            raise NlpseqError("line is not a JSON object", path, number)
+        columns.update(dict.fromkeys(row))
+        rows.append((number, row))
+    return list(columns), rows[0][0] if rows else None, rows
+
+
+def _delimited_rows(
+    lines: Iterator[tuple[int, str]], fmt: str, path: Path
+) -> tuple[list[str], int | None, Rows]:
+    """TSV/CSV lines -> (header, its line, numbered rows as header -> field). A row whose field
+    count differs from the header's is an error here, before it could shift a text into the
+    label column."""
+    header: list[str] | None = None
+    header_line = None
+    rows: Rows = []
+    for start, fields in _split_rows(lines, fmt, path):
+        if header is None:
+            if "".join(fields).strip():  # a file of blank lines is empty, not headed by one
+                header, header_line = fields, start
+        elif len(fields) != len(header):
+            raise NlpseqError(
+                f"row has {len(fields)} {fmt.upper()} fields, the header has {len(header)}",
+                path, start,
+            )
+        else:
+            rows.append((start, dict(zip(header, fields))))
+    return header or [], header_line, rows
+
+
+def _split_rows(
+    lines: Iterator[tuple[int, str]], fmt: str, path: Path
+) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows of a TSV (split on tabs) or CSV file, with the line each starts on."""
+    if fmt == "tsv":
+        for number, line in lines:
+            if line:
+                yield number, line.split("\t")
+        return
+    numbers = [0]  # the line the csv module last took
+
+    def text() -> Iterator[str]:
+        for numbers[0], line in lines:
+            yield line
+
+    previous = csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**63 - 1)
+    try:
+        reader = csv.reader(text(), strict=True)
+        start = 1
+        for row in reader:
+            if row:
+                yield start, row
+            start = numbers[0] + 1
+    except csv.Error as err:
+        raise NlpseqError(f"cannot parse CSV: {err}", path, numbers[0]) from None
+    finally:
+        csv.field_size_limit(previous)
 
 
 def load_hub(name: str, config: str, split: str, timeout: float = 5.0):
@@ -414,3 +431,37 @@ def read_conll(
     """Read a CoNLL column file (``.gz`` allowed); see :func:`parse_conll`."""
     path = _check_file(path)
     return parse_conll(read_lines(path), path, tag_column, scheme, require_tags=require_tags)
+
+
+def looks_like_conll(head: list[str], tag_column: int, scheme: str) -> bool:
+    """CoNLL when the input starts with ``-DOCSTART-``, or its first sentence is one token a
+    line with a tag column, or it is one token a line with blank lines between sentences.
+    ``head``: the input's first lines (200 are plenty)."""
+    from nlpseq.tagschemes import validate_tag
+
+    block = []
+    for line in head:
+        if not line.strip():
+            if block:
+                break
+            continue
+        block.append(line.split())
+    if not block:
+        return False
+    if block[0][0] == "-DOCSTART-":
+        return True
+    widths = {len(fields) for fields in block}
+    if widths == {1}:
+        return len(block) < len([line for line in head if line.strip()])
+    if len(widths) != 1 or len(block) < 2:
+        return False
+    width = widths.pop()
+    column = tag_column if tag_column >= 0 else width + tag_column
+    if not 1 <= column < width:
+        return False
+    try:
+        for fields in block:
+            validate_tag(fields[column], scheme)
+    except ValueError:
+        return False
+    return True

@@ -4,6 +4,12 @@ Alignment tries the exact word, then its lowercase form, then its digit-normalis
 words with no vector keep a small random init. Loading a 400k-word GloVe text file takes
 most of a minute, so the aligned matrix is cached under a key made of the file's content hash
 and the vocabulary.
+
+Words never seen in training get their pretrained vector one way, for every task: the file's
+words join the vocabulary after the trained ids (:func:`extend_vocabulary`), and their rows are
+fixed, untrained vectors (:func:`initial_vectors`), stored once in the run directory
+(:func:`save_fixed_vectors`) rather than in every weights file. A model embeds id ``i`` with
+its trained row when ``i < trained_size`` and with fixed row ``i - trained_size`` otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +29,13 @@ import torch
 from nlpseq.checkpoint import atomic_path, write_json
 from nlpseq.errors import NlpseqError
 
+if TYPE_CHECKING:
+    from nlpseq.config import EmbeddingsConfig
+    from nlpseq.tokenize import TextTokenizer
+
 _DIGIT = re.compile(r"\d")
+FIXED_VECTORS = "vectors.safetensors"  # in a run directory: the fixed rows
+SPECIAL_ROWS = 4  # <pad>, <unk>, <bos>, <eos> get no pretrained vector
 
 
 @dataclass
@@ -226,3 +239,53 @@ def pretrained_matrix(
         with atomic_path(cache_file) as tmp:
             save_file({"matrix": matrix}, tmp)
     return torch.from_numpy(matrix), coverage
+
+
+def extend_vocabulary(
+    tokenizer: TextTokenizer, config: EmbeddingsConfig, words: int
+) -> tuple[TextTokenizer, int]:
+    """``tokenizer`` with the first ``words`` words of the embeddings file (all of them for a
+    negative count; GloVe and word2vec files list the most frequent first) appended to its
+    vocabulary, and the number of trained ids before them. Unchanged for 0 or no file."""
+    trained_size = tokenizer.vocab_size
+    if words == 0 or not config.path:
+        return tokenizer, trained_size
+    found = pretrained_words(config.path, config.format, cache_dir=config.cache_dir,
+                             limit=max(words, 0))
+    return tokenizer.extended(found), trained_size
+
+
+def initial_vectors(
+    config: EmbeddingsConfig, vocabulary: list[str], trained_size: int, dim: int, seed: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(trained, fixed)``: the initial rows ``(trained_size, dim)`` of the trained table and
+    the fixed rows ``(len(vocabulary) - trained_size, dim)`` (None when there are none), both
+    aligned from one (cached) :func:`pretrained_matrix`. ``(None, None)`` without a file."""
+    if not config.path:
+        return None, None
+    matrix, _ = pretrained_matrix(config.path, config.format, vocabulary, dim,
+                                  cache_dir=config.cache_dir, seed=seed, skip=SPECIAL_ROWS)
+    fixed = matrix[trained_size:]
+    return matrix[:trained_size], fixed.contiguous() if len(fixed) else None
+
+
+def save_fixed_vectors(directory: Path, fixed: torch.Tensor | None) -> None:
+    """Write the fixed rows into a run directory (nothing when there are none)."""
+    from safetensors.torch import save_file
+
+    if fixed is not None:
+        with atomic_path(Path(directory) / FIXED_VECTORS) as tmp:
+            save_file({"fixed": fixed.detach().contiguous().cpu()}, tmp)
+
+
+def load_fixed_vectors(directory: Path) -> torch.Tensor | None:
+    """The fixed rows :func:`save_fixed_vectors` wrote, or None."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / FIXED_VECTORS
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))["fixed"]
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise NlpseqError(f"cannot read the fixed pretrained vectors: {err}", path) from None

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from nlpseq.corpora import check_utf8, read_labelled, read_lines, read_text
+from nlpseq.corpora import (
+    check_utf8,
+    looks_like_conll,
+    read_conll,
+    read_labelled,
+    read_lines,
+    read_parallel,
+    read_text,
+)
 from nlpseq.errors import NlpseqError
 
 
@@ -129,7 +137,7 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_read_lines_and_text(tmp_path):
     path = write(tmp_path, "t.txt", "one\r\ntwo\n\nthree")
     assert list(read_lines(path)) == [(1, "one"), (2, "two"), (3, ""), (4, "three")]
-    assert read_text(path) == "one\r\ntwo\n\nthree"
+    assert read_text(path) == "one\ntwo\n\nthree"  # line ends as LF
 
 
 def test_hub_dataset_fails_fast_offline(monkeypatch):
@@ -215,3 +223,72 @@ def test_jsonl_line_that_is_not_an_object(tmp_path):
     with pytest.raises(NlpseqError, match="line is not a JSON object") as err:
         read_labelled(path, "jsonl")
     assert (err.value.path, err.value.line) == (str(path), 1)
+
+
+def windows(text: str) -> bytes:
+    """``text`` as a Windows editor saves it: a UTF-8 byte order mark and CRLF line ends."""
+    return b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("d.tsv", "label\ttext\npos\tgood film\n\nneg\tbad \"film\"\n"),
+    ("d.csv", 'label,text\npos,"good,\nfilm"\n\nneg,bad\n'),
+    ("d.jsonl", '{"text": "good", "label": "pos"}\n\n{"label": "neg", "text": "bad"}\n'),
+])
+def test_labelled_windows_file_reads_as_the_clean_one(tmp_path, name, text):
+    fmt = name.split(".")[1]
+    clean = read_labelled(write(tmp_path, name, text), fmt)
+    other = read_labelled(write(tmp_path, "w" + name, windows(text)), fmt)
+    assert (other.texts, other.labels, other.lines) == (clean.texts, clean.labels, clean.lines)
+    assert clean.labels == ["pos", "neg"] and "\r" not in "".join(clean.texts)
+    gz = tmp_path / f"w{name}.gz"
+    gz.write_bytes(gzip.compress(windows(text)))
+    assert read_labelled(gz, fmt).texts == clean.texts
+
+
+def test_conll_parallel_and_raw_windows_files_read_as_the_clean_ones(tmp_path):
+    conll = "-DOCSTART- -X- O\n\nEU NNP I-ORG\nrejects VBZ O\n\nPeter NNP I-PER\n"
+    clean = read_conll(write(tmp_path, "a.conll", conll), scheme="IOB1")
+    other = read_conll(write(tmp_path, "b.conll", windows(conll)), scheme="IOB1")
+    assert (other.tokens, other.tags, other.lines) == (clean.tokens, clean.tags, clean.lines)
+    assert clean.tokens == [["EU", "rejects"], ["Peter"]]
+    source, target = "ein Haus\nzwei\n", "a house\ntwo\n"
+    pairs = read_parallel(write(tmp_path, "s.de", windows(source)),
+                          write(tmp_path, "t.en", windows(target)))
+    assert (pairs.sources, pairs.targets) == (["ein Haus", "zwei"], ["a house", "two"])
+    text = "First line.\nSecond line.\n"
+    assert read_text(write(tmp_path, "r.txt", windows(text))) == text
+    assert list(read_lines(write(tmp_path, "l.txt", windows(text)))) == [
+        (1, "First line."), (2, "Second line.")]
+
+
+def test_a_byte_order_mark_after_the_start_is_text(tmp_path):
+    path = write(tmp_path, "t.txt", "one\n\ufefftwo\n")
+    assert list(read_lines(path)) == [(1, "one"), (2, "\ufefftwo")]
+
+
+def test_csv_with_an_unclosed_quote_names_the_line(tmp_path):
+    path = write(tmp_path, "d.csv", 'label,text\npos,good\nneg,"bad\n')
+    with pytest.raises(NlpseqError, match="cannot parse CSV") as err:
+        read_labelled(path, "csv")
+    assert (err.value.path, err.value.line) == (str(path), 3)
+
+
+def test_values_are_kept_as_written(tmp_path):
+    # no type guessing: "007" stays "007", "1e3" is not a number, "NA" is not missing
+    path = write(tmp_path, "d.tsv", "label\ttext\n007\t1e3\nNA\tnull\n")
+    data = read_labelled(path, "tsv")
+    assert (data.labels, data.texts) == (["007", "NA"], ["1e3", "null"])
+
+
+@pytest.mark.parametrize("head, expected", [
+    (["-DOCSTART- -X- O", "", "EU NNP I-ORG"], True),
+    (["EU NNP I-ORG", "rejects VBZ O", "", "Peter NNP I-PER"], True),
+    (["EU", "rejects", "", "Peter"], True),  # one token a line, blank lines between
+    (["EU rejects German call .", "Peter Blackburn"], False),
+    (["EU NNP", "rejects VBZ"], False),  # the last column is not a tag
+    (["EU NNP I-ORG"], False),  # one line is a sentence, not a CoNLL block
+    (["", ""], False),
+])
+def test_looks_like_conll(head, expected):
+    assert looks_like_conll(head, -1, "IOB1") is expected

@@ -6,9 +6,19 @@ import gzip
 
 import numpy as np
 import pytest
+import torch
 
 from nlpseq import embeddings
-from nlpseq.embeddings import Coverage, align, load_vectors, pretrained_matrix
+from nlpseq.embeddings import (
+    Coverage,
+    align,
+    extend_vocabulary,
+    initial_vectors,
+    load_fixed_vectors,
+    load_vectors,
+    pretrained_matrix,
+    save_fixed_vectors,
+)
 from nlpseq.errors import NlpseqError
 
 VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>", "the", "Film", "THE", "good", "1234", "paris",
@@ -142,3 +152,60 @@ def test_fasttext_bin_gives_unseen_words_their_subword_vectors(tmp_path):
         assert np.allclose(matrix[row].numpy(), loaded[word], atol=1e-6)
     assert not np.allclose(matrix[5].numpy(), matrix[6].numpy())
     assert np.all(matrix[:4].numpy() == 0)
+
+
+def _tokenizer(lowercase: bool = False):
+    from nlpseq.config import TokenizerConfig
+    from nlpseq.tokenize import TextTokenizer
+
+    return TextTokenizer.train(["the Film good 1234 xyz"],
+                               TokenizerConfig(kind="word", lowercase=lowercase))
+
+
+@pytest.mark.parametrize("words, added", [(-1, ["film", "Paris", "0000"]), (2, ["film"]),
+                                          (0, [])])
+def test_fixed_rows_for_words_outside_the_training_vocabulary(tmp_path, glove_file, words,
+                                                              added):
+    from nlpseq.config import EmbeddingsConfig
+
+    config = EmbeddingsConfig(path=str(glove_file), format="glove",
+                              cache_dir=str(tmp_path / "cache"))
+    trained_words = _tokenizer().vocabulary()
+    tokenizer, trained_size = extend_vocabulary(_tokenizer(), config, words)
+    assert trained_size == len(trained_words) == 9
+    assert tokenizer.vocabulary() == trained_words + added  # trained ids unchanged
+    trained, fixed = initial_vectors(config, tokenizer.vocabulary(), trained_size, 3, seed=0)
+    assert trained.shape == (9, 3)
+    rows = {word: trained[i].tolist() for i, word in enumerate(trained_words)}
+    assert rows["the"] == pytest.approx([0.1, 0.2, 0.3])  # exact
+    assert rows["Film"] == pytest.approx([0.4, 0.5, 0.6])  # lowercase
+    assert rows["1234"] == pytest.approx([0.7, 0.8, 0.9])  # digits
+    assert rows["good"] == pytest.approx([-0.1, -0.2, -0.3])
+    assert rows["<pad>"] == [0, 0, 0]
+    if not added:
+        assert fixed is None
+        return
+    assert fixed.shape == (len(added), 3)
+    vectors = load_vectors(str(glove_file), "glove")
+    for row, word in enumerate(added):
+        assert fixed[row].tolist() == pytest.approx(vectors[word].tolist())
+    # an unseen word finds its fixed row through the tokenizer: id trained_size + row
+    assert tokenizer.encode("Film film xyz") == [trained_words.index("Film"), trained_size,
+                                                 trained_words.index("xyz")]
+    save_fixed_vectors(tmp_path, fixed)
+    assert torch.equal(load_fixed_vectors(tmp_path), fixed)
+
+
+def test_no_vectors_file_no_fixed_rows(tmp_path):
+    from nlpseq.config import EmbeddingsConfig
+
+    tokenizer, trained_size = extend_vocabulary(_tokenizer(), EmbeddingsConfig(), -1)
+    assert trained_size == tokenizer.vocab_size
+    assert initial_vectors(EmbeddingsConfig(), tokenizer.vocabulary(), trained_size, 3, 0) == \
+        (None, None)
+    assert load_fixed_vectors(tmp_path) is None
+    save_fixed_vectors(tmp_path, None)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "vectors.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(NlpseqError, match="cannot read the fixed pretrained vectors"):
+        load_fixed_vectors(tmp_path)
