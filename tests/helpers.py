@@ -118,7 +118,7 @@ def write_pipeline(
     return path
 
 
-def invoke(*args: object, input: str | None = None, check: bool = False) -> Result:
+def invoke(*args: object, input: str | bytes | None = None, check: bool = False) -> Result:
     """Run the ``nlpseq`` command in-process with ``args`` (each passed through ``str``) and
     ``input`` on stdin; ``check``: assert that it exited 0."""
     from nlpseq.cli import main

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from tiny import assert_one_line_error
+from helpers import assert_one_line_error, invoke, write_pipeline
 
 import nlpseq
-from nlpseq.cli import main
 from nlpseq.config import TokenizerConfig, load_config
 from nlpseq.tasks.chargen import CharCodec
 from nlpseq.tokenize import UNK, TextTokenizer
@@ -21,43 +19,10 @@ from nlpseq.trainer import train
 VERSE = "row to the light,\nkeep left of the bell;\nthe steps are wet.\n"
 TEXT = VERSE * 12  # 708 characters: the last 10% validates
 
-PIPELINE = """\
-task: chargen
-data:
-  format: text
-  train: {train}
-tokenizer:
-  kind: char
-model:
-  cell: lstm
-  embedding_dim: 16
-  hidden_size: 48
-  layers: 1
-  seq_len: 24
-  eval_context: 8
-train:
-  epochs: 40
-  batch_size: 4
-  lr: 0.01
-  schedule: none
-  patience: 0
-  seed: 3
-  device: cpu
-  threads: 1
-eval:
-  batch_size: 2
-"""
-
-
-def write_pipeline(directory: Path, text: str = TEXT) -> Path:
+def chargen_pipeline(directory: Path, text: str = TEXT) -> Path:
+    """``text`` as the training file of the tiny chargen pipeline (the last 10% validates)."""
     (directory / "text.txt").write_text(text, encoding="utf-8")
-    path = directory / "chargen.yaml"
-    path.write_text(PIPELINE.format(train=directory / "text.txt"), encoding="utf-8")
-    return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return write_pipeline(directory, "chargen", {"train": directory / "text.txt"})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +30,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained until it knows the verse by heart (shared, read-only)."""
     base = tmp_path_factory.mktemp("chargen")
     result = train(
-        load_config(write_pipeline(base)), base / "run", log=lambda _m: None, progress=False
+        load_config(chargen_pipeline(base)), base / "run", log=lambda _m: None, progress=False
     )
     assert result.metrics["dev"]["loss"] < 0.05, result.history
     return base / "run"
@@ -91,7 +56,7 @@ def test_sampling_with_a_seed_is_reproducible(run_dir):
 def test_split_by_position_and_character_vocabulary(tmp_path):
     from nlpseq.tasks.chargen import ChargenTask
 
-    task = ChargenTask(load_config(write_pipeline(tmp_path)))
+    task = ChargenTask(load_config(chargen_pipeline(tmp_path)))
     task.prepare(lambda _m: None)
     n_train = int(len(TEXT) * 0.9)
     assert len(task.train_ids) == n_train and len(task.val_ids) == len(TEXT) - n_train
@@ -156,20 +121,20 @@ def test_cli_evaluate_json_sums_over_the_whole_file(run_dir, tmp_path):
 
 
 def test_training_text_shorter_than_one_window_is_an_error(tmp_path):
-    pipeline = write_pipeline(tmp_path, text="too short")
+    pipeline = chargen_pipeline(tmp_path, "too short")
     result = invoke("train", pipeline, "--out", tmp_path / "run", "--quiet")
     assert_one_line_error(result, "shorter than one window")
 
 
 def test_predict_scores_each_line(run_dir):
-    result = CliRunner().invoke(
-        main, ["predict", str(run_dir), "--json"], input="keep left of the bell;\nzz\n"
+    result = invoke(
+        "predict", run_dir, "--json", input="keep left of the bell;\nzz\n"
     )
     assert result.exit_code == 0, result.output
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["n_chars"] == 21 and first["loss"] < second["loss"]
     assert torch.isfinite(torch.tensor(first["bpc"]))
-    short = CliRunner().invoke(main, ["predict", str(run_dir), "--json"], input="k\n")
+    short = invoke("predict", run_dir, "--json", input="k\n")
     assert json.loads(short.stdout) == {"loss": None, "bpc": None, "perplexity": None,
                                         "n_chars": 0}  # valid JSON: null, never NaN
 

@@ -6,20 +6,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
 import pytest
-from click.testing import CliRunner
-
-from nlpseq.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args, stdin: str | None = None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
+from helpers import ROOT, invoke
 
 
 @pytest.fixture(autouse=True)
@@ -27,32 +17,50 @@ def at_the_repository(monkeypatch):
     monkeypatch.chdir(ROOT)  # pipelines name their corpora relative to the repository
 
 
+def scores(*args: object) -> dict:
+    """``nlpseq evaluate ARGS --json`` as a dict."""
+    return json.loads(invoke("evaluate", *args, "--json", check=True).stdout)
+
+
 def test_sentiment_demo_as_shipped(tmp_path):
     run = tmp_path / "sentiment"
-    trained = invoke("train", "pipelines/sentiment.yaml", "--out", run, "--quiet")
+    trained = invoke("train", "pipelines/sentiment.yaml", "--out", run, "--quiet", check=True)
     assert json.loads(trained.stdout)["accuracy"] >= 95.0  # `make demo` prints this
-    scores = json.loads(invoke("evaluate", run, "corpora/sentiment/dev.tsv", "--json").stdout)
-    assert scores["n"] == 200 and scores["accuracy"] >= 95.0
-    lines = invoke("predict", run, "--json", stdin="a warm and wonderful film\n\nnot bad\n")
+    dev = scores(run, "corpora/sentiment/dev.tsv")
+    assert dev["n"] == 200 and dev["accuracy"] >= 95.0
+    lines = invoke("predict", run, "--json", input="a warm and wonderful film\n\nnot bad\n",
+                   check=True)
     predictions = [json.loads(line) for line in lines.stdout.splitlines()]
     assert len(predictions) == 3 and all(p["label"] in {"0", "1"} for p in predictions)
 
 
 def test_chargen_demo_shortened(tmp_path):
     run = tmp_path / "chargen"
-    invoke("train", "pipelines/chargen.yaml", "--out", run, "--quiet", "--set", "train.epochs=2")
-    text = invoke("generate", run, "--prompt", "The ", "--length", 40, "--seed", 1).stdout
+    invoke("train", "pipelines/chargen.yaml", "--out", run, "--quiet", "--set", "train.epochs=2",
+           check=True)
+    text = invoke("generate", run, "--prompt", "The ", "--length", 40, "--seed", 1,
+                  check=True).stdout
     assert text.startswith("The ") and len(text.rstrip("\n")) == 44
-    scores = json.loads(invoke("evaluate", run, "corpora/chargen/lanterns.txt", "--json").stdout)
-    assert scores["bpc"] > 0
+    dev = scores(run, "corpora/chargen/lanterns.txt")
+    # two epochs: far from uniform over the characters, and the three figures agree
+    assert 0 < dev["bpc"] < 4
+    assert dev["bpc"] == pytest.approx(dev["loss"] / math.log(2), rel=1e-9)
+    assert dev["perplexity"] == pytest.approx(math.exp(dev["loss"]), rel=1e-9)
 
 
 def test_translate_demo_shortened(tmp_path):
+    import sacrebleu
+
     run = tmp_path / "translate"
     invoke("train", "pipelines/translate.yaml", "--out", run, "--quiet",
-           "--set", "train.epochs=2")
-    out = invoke("translate", run, "--beam", 2, stdin="a man is eating .\n\n").stdout
+           "--set", "train.epochs=2", check=True)
+    out = invoke("translate", run, "--beam", 2, input="a man is eating .\n\n", check=True).stdout
     assert len(out.split("\n")) == 3  # one line out per line in, the empty one included
-    scores = json.loads(invoke("evaluate", run, "corpora/translate/dev.en",
-                               "corpora/translate/dev.de", "--json").stdout)
-    assert 0 <= scores["bleu"] <= 100
+    dev = scores(run, "corpora/translate/dev.en", "corpora/translate/dev.de")
+    # evaluate's BLEU is sacreBLEU's on what `translate` writes for the same sources
+    hypotheses = invoke("translate", run, "--input", "corpora/translate/dev.en",
+                        check=True).stdout.splitlines()
+    references = (ROOT / "corpora/translate/dev.de").read_text(encoding="utf-8").splitlines()
+    assert dev["n"] == len(hypotheses) == len(references) == 60
+    assert dev["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score,
+                                        abs=1e-9)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from tiny import assert_one_line_error
+from helpers import assert_one_line_error, invoke, write_pipeline
 
 import nlpseq
-from nlpseq.cli import main
 from nlpseq.config import load_config
 from nlpseq.corpora import read_conll
 from nlpseq.errors import NlpseqError
@@ -42,51 +40,16 @@ def conll_text(sentences=SENTENCES, docstart: bool = True) -> str:
     return out
 
 
-PIPELINE = """\
-task: ner
-data:
-  format: conll
-  train: {train}
-  dev: {dev}
-  tag_scheme: iob1
-tokenizer:
-  kind: word
-  lowercase: true
-{embeddings}model:
-  embedding_dim: {dim}
-  hidden_size: 24
-  char_encoder: {char_encoder}
-  char_embedding_dim: 8
-  char_hidden_size: 12
-  casing_dim: 4
-  dropout: 0.0
-  embedding_dropout: 0.0
-  output: {output}
-  frozen_vectors: {frozen}
-train:
-  epochs: {epochs}
-  batch_size: 3
-  lr: 0.02
-  schedule: none
-  patience: 0
-  seed: 3
-  device: cpu
-  threads: 1
-"""
-
-
-def write_pipeline(directory: Path, *, output: str = "crf", char_encoder: str = "cnn",
-                   epochs: int = 40, glove: Path | None = None) -> Path:
+def ner_pipeline(directory: Path, settings: dict | None = None, *,
+                 glove: Path | None = None) -> Path:
+    """The tiny NER pipeline training and validating on :data:`SENTENCES`; ``glove``: fixed
+    3-dimensional pretrained vectors from that file."""
     corpus = directory / "train.conll"
     corpus.write_text(conll_text(), encoding="utf-8")
-    embeddings = f"embeddings:\n  path: {glove}\n  format: glove\n" if glove else ""
-    path = directory / "ner.yaml"
-    path.write_text(PIPELINE.format(
-        train=corpus, dev=corpus, embeddings=embeddings, dim=3 if glove else 16,
-        char_encoder=char_encoder, output=output, frozen="true" if glove else "false",
-        epochs=epochs,
-    ), encoding="utf-8")
-    return path
+    vectors = {"embeddings.path": glove, "embeddings.format": "glove",
+               "model.embedding_dim": 3, "model.frozen_vectors": True} if glove else {}
+    return write_pipeline(directory, "ner", {"train": corpus, "dev": corpus},
+                          {**vectors, **(settings or {})})
 
 
 @dataclass
@@ -100,15 +63,11 @@ class Run:
 def ner_run(tmp_path_factory) -> Run:
     """A tiny BiLSTM-CRF trained once until it tags its training sentences perfectly."""
     base = tmp_path_factory.mktemp("ner")
-    config = load_config(write_pipeline(base))
+    config = load_config(ner_pipeline(base))
     result = train(config, base / "run", log=lambda _m: None, progress=False)
     assert result.metrics["dev"]["f1"] == 100.0, result.history
     tokens = [[w for w, _, _ in s] for s in SENTENCES]
     return Run(base / "run", base / "train.conll", result.task.predict(tokens))
-
-
-def invoke(*args, input: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
 # --- reader --------------------------------------------------------------------------------
@@ -269,30 +228,34 @@ def test_cli_evaluate_damaged_gzip_and_directory(ner_run, tmp_path):
 
 
 @pytest.mark.parametrize("output, char_encoder, lazy", [
-    ("softmax", "lstm", "false"), ("crf", "none", "true")])
+    ("softmax", "lstm", False), ("crf", "none", True)])
 def test_other_outputs_and_char_encoders_learn(tmp_path, output, char_encoder, lazy):
-    config = load_config(write_pipeline(tmp_path, output=output, char_encoder=char_encoder,
-                                        epochs=30), [f"embeddings.lazy_updates={lazy}"])
+    config = load_config(ner_pipeline(tmp_path, {
+        "model.output": output, "model.char_encoder": char_encoder, "train.epochs": 30,
+        "embeddings.lazy_updates": lazy}))
     result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
     assert result.metrics["dev"]["f1"] >= 90.0, result.history
 
 
-def test_frozen_pretrained_vectors_reach_unseen_words(tmp_path, glove_file):
-    config = load_config(write_pipeline(tmp_path, glove=glove_file, epochs=2))
+def test_fixed_pretrained_vectors_reach_unseen_words(tmp_path, glove_file):
+    config = load_config(ner_pipeline(tmp_path, {"train.epochs": 2}, glove=glove_file))
     result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
     assert (tmp_path / "run" / "vectors.safetensors").is_file()
     predictor = nlpseq.load(tmp_path / "run")
-    model = predictor.model
-    assert model.frozen_vectors.shape == (6, 3)  # 5 vectors + the row for words without one
-    # "film" never occurs in training, yet it finds its pretrained row (case-insensitively)
+    encoder = predictor.model.encoder
+    # the file's words outside the training vocabulary: film, Paris, good, 0000 ("the" trains)
+    assert encoder.fixed_vectors.shape == (4, 3)
+    assert not any("fixed_vectors" in key for key in predictor.model.state_dict())
+    # "film" never occurs in training, yet "Film" finds its pretrained vector (the tokenizer
+    # lowercases); a word the file lacks is <unk>
     table = predictor._table(
         type(result.task.dev_data)([["Film", "zzz"]], None, [1], "x"), with_tags=False
     )
-    batch = table.collate([0])
-    vectors = model.frozen_vectors[batch.pretrained_ids[0]]
+    ids = table.collate([0]).ids
+    assert ids[0, 0] >= predictor.trained_vocab_size and ids[0, 1] == 1
+    vectors = encoder.embed(ids)[0]
     assert vectors[0].tolist() == pytest.approx([0.4, 0.5, 0.6])
-    assert vectors[1].abs().max() == 0
-    assert batch.ids[0].tolist() == [1, 1]  # both unknown to the training vocabulary
+    assert torch.equal(encoder.fixed_vectors, result.task.model.encoder.fixed_vectors)
 
 
 def test_demo_pipeline_trains_and_serves(tmp_path, monkeypatch):

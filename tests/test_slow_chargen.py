@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from tiny import CORPORA, ROOT
+from helpers import CORPORA, ROOT
 
 from nlpseq.config import load_config
 from nlpseq.trainer import train
