@@ -41,8 +41,8 @@ class TextClassifier(nn.Module):
     ``attention`` (a learned query scores each token), ``max-mean`` (both, concatenated).
     With ``adversarial`` > 0, training also adds the loss at word vectors moved in the
     direction that raises it most (Miyato et al., 2017), which costs about 2.5x per step.
-    ``fixed_vectors`` (rows, or only their count when weights come from a checkpoint) are
-    pretrained vectors of words never seen in training, looked up by ids >= ``vocab_size``.
+    ``fixed_vectors`` (F, E) are pretrained vectors of words never seen in training, looked
+    up by ids >= ``vocab_size`` (not weights: see :mod:`nlpseq.embeddings`).
     """
 
     def __init__(
@@ -54,7 +54,7 @@ class TextClassifier(nn.Module):
         unk_id: int = UNK,
         pretrained: Tensor | None = None,
         freeze_embeddings: bool = False,
-        fixed_vectors: Tensor | int | None = None,
+        fixed_vectors: Tensor | None = None,
         sparse_embedding: bool = False,
     ):
         super().__init__()
