@@ -112,8 +112,8 @@ class EmbeddingsConfig:
     format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = key(
         "glove", help="how the vectors file is written", tasks=_WORD_VECTORS)
     freeze: bool = key(False, help="keep the pretrained vectors fixed", tasks=_WORD_VECTORS)
-    extend_vocab: int = key(0, low=0, tasks=_SENTIMENT, help="add the N most frequent words of "
-                            "the vectors file to the vocabulary, their vectors fixed")
+    extend_vocab: int = key(0, low=0, tasks=_WORD_VECTORS, help="add the N most frequent words "
+                            "of the vectors file to the vocabulary, their vectors fixed")
     lazy_updates: bool = key(False, tasks=_WORD_VECTORS, help="Adam updates only the embedding "
                              "rows each batch uses (needs adam or adamw)")
     cache_dir: str = key("${NLPSEQ_CACHE:-~/.cache/nlpseq}", tasks=_WORD_VECTORS,
@@ -150,6 +150,8 @@ class TrainConfig:
     resume: bool = key(False, help="continue the run in the output folder")
     ema: float = key(0.0, low=0, high=1, high_open=True, help="evaluate and save an "
                      "exponential moving average of the weights with this decay (0 = off)")
+    curves: bool = key(True, help="draw curves.png in the run directory at the end (needs "
+                       "matplotlib: nlpseq[plot])")
 
 
 @dataclass(frozen=True)

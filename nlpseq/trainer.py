@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -464,8 +464,12 @@ def train(
     *,
     log: Log = log_stderr,
     progress: bool = True,
+    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``config``'s task into ``out_dir``; returns the best model's task and metrics."""
+    """Train ``config``'s task into ``out_dir``; returns the best model's task and metrics.
+
+    ``on_evaluation`` sees each evaluation's history record once its checkpoint is committed;
+    an exception it raises (e.g. a search pruning the trial) stops training there."""
     run = ckpt.RunDir(out_dir)
     run.check_writable()
     first = int(os.environ.get("RANK", "0")) == 0
@@ -473,11 +477,14 @@ def train(
         log, progress = (lambda _message: None), False
     with run.writing() if first else contextlib.nullcontext():
         s = start(config, run, log)
-        _loop(s, progress)
+        _loop(s, progress, on_evaluation)
+        if first and config.train.curves:
+            _draw_curves(s)
     return _result(s)
 
 
-def _loop(s: Session, progress: bool) -> None:
+def _loop(s: Session, progress: bool,
+          on_evaluation: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Answer every evaluation point until the epochs, the patience or the budget run out."""
     watch = ContentionWatch(s)
     for point in [] if s.state.finished else train_steps(s, progress):
@@ -489,6 +496,8 @@ def _loop(s: Session, progress: bool) -> None:
                    "epochs" if s.state.epoch >= s.config.train.epochs else "")
         s.state.finished, s.state.stopped = bool(stopped), stopped
         commit(s, point, metrics, best)
+        if on_evaluation is not None:
+            on_evaluation(s.history[-1])
         if s.state.finished:
             break
     if s.world > 1:
@@ -497,6 +506,16 @@ def _loop(s: Session, progress: bool) -> None:
         dist.barrier()
     s.log(f"stopped ({s.state.stopped}) after {s.budget.elapsed() / 60:.1f} min; best dev "
           f"{s.selection.metric} {s.state.best} at epoch {s.state.best_epoch}")
+
+
+def _draw_curves(s: Session) -> None:
+    """curves.png beside the checkpoints; without matplotlib a note says how to get it."""
+    from nlpseq.plot import curves_png
+
+    try:
+        curves_png([s.run.path], s.run.path / "curves.png")
+    except NlpseqError as err:
+        s.log(f"note: no curves.png: {err.message}")
 
 
 def _result(s: Session) -> TrainResult:

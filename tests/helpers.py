@@ -52,7 +52,7 @@ def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-_CPU = {"patience": 0, "device": "cpu", "threads": 1}
+_CPU = {"patience": 0, "device": "cpu", "threads": 1, "curves": False}
 
 # One tiny pipeline per task: small enough to train in seconds on one CPU thread.
 PIPELINES: dict[str, dict[str, Any]] = {

@@ -157,3 +157,12 @@ def test_run_files_are_readable_like_any_new_file(pipeline, tmp_path):
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file() and path.name != ckpt.LOCK:
             assert path.stat().st_mode & 0o777 == ckpt.FILE_MODE, path
+
+
+def test_training_draws_its_curves_and_reports_each_evaluation(pipeline, tmp_path):
+    seen = []
+    trainer.train(load_config(pipeline, ["train.epochs=2", "train.curves=true"]),
+                  tmp_path / "run", log=lambda _m: None, progress=False,
+                  on_evaluation=seen.append)
+    assert seen == ckpt.RunDir(tmp_path / "run").history() and len(seen) == 2
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
