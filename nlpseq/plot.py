@@ -249,6 +249,8 @@ def entity_scores_png(scores: Mapping[str, Mapping[str, float]], path: str | Pat
 
 def confusion_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
     """Confusion matrix: ``matrix[gold][predicted]`` counts, each cell written out."""
+    from matplotlib.ticker import MaxNLocator
+
     k = len(labels)
     if k == 0 or len(matrix) != k or any(len(row) != k for row in matrix):
         raise ValueError("a confusion matrix needs one row and one column per label")
@@ -256,7 +258,8 @@ def confusion_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     figure = new_figure(side + 1.0, side)
     axes = figure.add_subplot()
     counts = [[int(value) for value in row] for row in matrix]
-    image = axes.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, max(map(max, counts))))
+    image = axes.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, max(map(max, counts))),
+                        aspect="auto")  # a fixed aspect pushes the labels off the page
     threshold = image.norm.vmax / 2
     for gold, row in enumerate(counts):
         for predicted, value in enumerate(row):
@@ -267,7 +270,8 @@ def confusion_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
     axes.set_yticks(range(k), labels=list(labels))
     axes.set_xlabel("predicted")
     axes.set_ylabel("gold")
-    figure.colorbar(image, ax=axes, label="examples", fraction=0.05, pad=0.03)
+    bar = figure.colorbar(image, ax=axes, label="examples", fraction=0.05, pad=0.03)
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 

@@ -49,6 +49,15 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def assert_inside(figure) -> None:
+    """Everything drawn lies on the page: no label is cut off."""
+    figure.canvas.draw()  # the layout is settled when drawing
+    drawn = figure.get_tightbbox(figure.canvas.get_renderer())  # inches
+    width, height = figure.get_size_inches()
+    assert drawn.x0 >= 0 and drawn.y0 >= 0, drawn
+    assert drawn.x1 <= width and drawn.y1 <= height, drawn
+
+
 def assert_pixels(path: Path, width_in: float, height_in: float) -> None:
     width, height = png_size(path)
     assert abs(width - width_in * DPI) <= 1 and abs(height - height_in * DPI) <= 1
@@ -82,17 +91,10 @@ def test_forty_token_map_keeps_labels_apart_and_inside(tmp_path: Path):
     tokens = [f"▁wörtchen{i:02d}" for i in range(40)]
     weights = [[float(i == j) for j in range(40)] for i in range(40)]
     figure = attention_figure(weights, tokens, tokens)
-    renderer = figure.canvas.get_renderer()
-    figure.draw(renderer)
-    heat = figure.axes[0]
-    box = heat.get_window_extent(renderer)
+    assert_inside(figure)
+    box = figure.axes[0].get_window_extent(figure.canvas.get_renderer())
     label_height = 9 * DPI / 72  # 9-point labels, in pixels
     assert box.width / 40 >= label_height and box.height / 40 >= label_height
-    page = figure.bbox
-    for label in heat.get_xticklabels() + heat.get_yticklabels():
-        extent = label.get_window_extent(renderer)
-        assert page.x0 <= extent.x0 and extent.x1 <= page.x1, label.get_text()
-        assert page.y0 <= extent.y0 and extent.y1 <= page.y1, label.get_text()
     path = attention_png(weights, tokens, tokens, tmp_path / "long.png")
     assert_pixels(path, 2.2 + 0.3 * 40 + 0.075 * 11, 1.2 + 0.3 * 40 + 0.065 * 11)
 
@@ -159,6 +161,7 @@ def test_curves_against_steps_and_minutes_with_the_kept_checkpoint(tmp_path: Pat
     assert (grid[2][0].get_xlabel(), grid[2][1].get_xlabel()) == ("step", "minutes")
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert legend == ["lstm", "gru", "kept checkpoint"]
+    assert_inside(figure)
     path = curves_png([tmp_path / "lstm", tmp_path / "gru"], tmp_path / "c.png")
     assert_pixels(path, 11.0, 9.0)
 
@@ -263,6 +266,15 @@ def test_confusion_matrix(tmp_path: Path):
     assert_pixels(path, side + 1.0, side)
     with pytest.raises(ValueError, match="one row and one column per label"):
         confusion_figure([[1, 2]], ["a", "b"])
+
+
+def test_long_labels_stay_on_the_page():
+    labels = ["very negative", "negative", "neutral", "positive", "very positive"]
+    figure = confusion_figure([[100 * (i == j) + j for j in range(5)] for i in range(5)], labels)
+    assert_inside(figure)
+    bar_ticks = figure.axes[1].get_yticks()
+    assert all(float(t).is_integer() for t in bar_ticks)  # counts: no half examples
+    assert_inside(entity_scores_figure({"MISCELLANEOUS": SCORES["LOC"], **SCORES}))
 
 
 def test_tasks_without_a_picture(tmp_path: Path):
