@@ -250,8 +250,8 @@ def test_key_declares_default_range_meaning_and_tasks():
 @pytest.mark.parametrize("text, message", [
     ("task: sentiment\ndata:\n  train: t.tsv\n  tag_scheme: iob2\n",
      r"p\.yaml:4: data\.tag_scheme: does not apply to the sentiment task \(only ner\)$"),
-    ("task: ner\nembeddings:\n  extend_vocab: 10\n",
-     r"p\.yaml:3: embeddings\.extend_vocab: does not apply to the ner task \(only sentiment\)$"),
+    ("task: ner\ndata:\n  text_column: body\n",
+     r"p\.yaml:3: data\.text_column: does not apply to the ner task \(only sentiment\)$"),
     ("task: chargen\neval:\n  beam: 2\n", r"p\.yaml:3: eval\.beam: .* chargen .*translate"),
 ])
 def test_a_key_of_another_task_is_refused_with_file_and_line(tmp_path, text, message):

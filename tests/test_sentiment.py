@@ -143,6 +143,32 @@ def test_pretrained_embeddings_frozen_or_fine_tuned(tmp_path, corpus, freeze):
     assert torch.equal(trained, aligned) == freeze
 
 
+def test_extended_vocabulary_gives_unseen_words_fixed_vectors(tmp_path, corpus):
+    from nlpseq.trainer import train
+
+    # "marvellous" and "dreadful" never occur in training; "film" does
+    glove = _glove(tmp_path, ["film", "marvellous", "dreadful", "the"])
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus, {
+        "train.epochs": 2, "embeddings.path": glove, "embeddings.extend_vocab": 3,
+        "embeddings.cache_dir": tmp_path / "cache"})
+    result = train(load_config(pipeline), tmp_path / "run", log=lambda _m: None,
+                   progress=False)
+    assert (tmp_path / "run" / "vectors.safetensors").is_file()
+    predictor = nlpseq.load(tmp_path / "run")
+    encoder = predictor.model.encoder
+    trained = predictor.trained_vocab_size
+    assert trained == result.task.trained_vocab_size == encoder.embedding.num_embeddings
+    assert predictor.tokenizer.vocab_size == trained + 2  # the first 3 file words, less "film"
+    ids = torch.tensor([predictor.tokenizer.encode("marvellous dreadful zzz")])
+    assert ids[0].tolist() == [trained, trained + 1, 1]
+    vectors = encoder.embed(ids)[0]
+    assert vectors[0].tolist() == pytest.approx([0.02 + j * 0.001 for j in range(8)])
+    assert vectors[1].tolist() == pytest.approx([0.03 + j * 0.001 for j in range(8)])
+    assert not any("fixed_vectors" in key for key in predictor.model.state_dict())
+    texts = ["the film is marvellous", "dreadful"]
+    assert predictor.predict(texts) == result.task.predict(texts)
+
+
 def test_top_level_train_stays_callable(tmp_path, corpus):
     """``nlpseq.train`` is a function even after the trainer module has been imported."""
     import nlpseq.trainer  # noqa: F401
