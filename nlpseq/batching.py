@@ -108,14 +108,3 @@ class TokenStore:
             torch.full(mask.shape, pad_id)
         return TextBatch(ids, lengths, lengths.unsqueeze(1) > steps,
                          labels[index] if labels is not None else None)
-
-
-def collate_text(
-    sequences: Sequence[Sequence[int]], labels: Sequence[int] | None = None, pad_id: int = 0
-) -> TextBatch:
-    """Collate id lists (and labels) into a :class:`TextBatch`; empty texts get one pad token."""
-    sequences = [s if len(s) else [pad_id] for s in sequences]
-    ids, lengths = pad(sequences, pad_id)
-    mask = torch.arange(ids.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
-    label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
-    return TextBatch(ids, lengths, mask, label_tensor)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nlpseq.metrics import LossCounts
+
 IGNORE = -100  # target id that cross_entropy(ignore_index=-100) skips
 
 
@@ -29,14 +31,6 @@ class LMBatch:
 
     def to(self, device: torch.device | str) -> LMBatch:
         return LMBatch(self.inputs.to(device), self.targets.to(device), self.num_tokens)
-
-
-def split_stream(stream: Tensor, val_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
-    """Split by position: the first (1 - val_fraction) of the stream trains, the rest validates."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_train = int(len(stream) * (1.0 - val_fraction))
-    return stream[:n_train], stream[n_train:]
 
 
 def make_lanes(stream: Tensor, batch_size: int, context: int = 0) -> tuple[Tensor, Tensor]:
@@ -91,17 +85,6 @@ def lm_windows(
     return windows
 
 
-def lm_metrics(loss_sum: float, n_tokens: int) -> dict[str, float | int]:
-    """Metrics from a summed loss in nats: loss per token, bits per token, perplexity."""
-    loss = loss_sum / n_tokens if n_tokens else float("nan")
-    return {
-        "loss": loss,
-        "bpc": loss / math.log(2),
-        "perplexity": math.exp(loss) if n_tokens else float("nan"),
-        "n_chars": n_tokens,
-    }
-
-
 def evaluate_stream(
     model: Callable[..., Any],
     stream: Tensor,
@@ -125,14 +108,13 @@ def evaluate_stream(
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    loss_sum, count, carry = 0.0, 0, None
+    counts, carry = LossCounts(bits_key="bpc", count_key="n_chars"), None
     try:
         with torch.no_grad():
             for batch in lm_windows(stream, batch_size, seq_len, context=context):
                 window_loss, window_count, carry = model(batch.to(device), carry)
-                loss_sum += float(window_loss)
-                count += window_count
+                counts.add(float(window_loss), window_count)
     finally:
         if was_training:
             model.train()
-    return lm_metrics(loss_sum, count)
+    return counts.result()

@@ -62,9 +62,13 @@ class ClassificationCounts:
 
 
 class LossCounts:
-    """Summed loss over summed tokens: loss per token, perplexity, bits per token."""
+    """Summed loss in nats over summed predicted units: loss per unit, bits per unit and
+    perplexity, derived from the totals (never a mean of batch means). ``bits_key`` and
+    ``count_key`` name the bits and the count in :meth:`result` (the char LM reports ``bpc``
+    and ``n_chars``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bits_key: str = "bits", count_key: str = "tokens") -> None:
+        self.bits_key, self.count_key = bits_key, count_key
         self.loss = 0.0
         self.tokens = 0
 
@@ -73,12 +77,13 @@ class LossCounts:
         self.tokens += int(tokens)
 
     def result(self) -> dict:
+        """NaN figures when nothing was counted."""
         mean = self.loss / self.tokens if self.tokens else float("nan")
         return {
             "loss": mean,
-            "perplexity": math.exp(mean) if mean < 700 else float("inf"),
-            "bits": mean / math.log(2),
-            "tokens": self.tokens,
+            self.bits_key: mean / math.log(2),
+            "perplexity": math.exp(mean) if not mean >= 700 else float("inf"),
+            self.count_key: self.tokens,
         }
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from nlpseq.metrics import prf
+
 SCHEMES: dict[str, frozenset[str]] = {
     "IOB1": frozenset("BI"),
     "IOB2": frozenset("BI"),
@@ -248,7 +250,6 @@ class SpanF1:
 
 
 def _prf(tp: int, n_gold: int, n_pred: int) -> dict[str, float]:
-    precision = 100.0 * tp / n_pred if n_pred else 0.0
-    recall = 100.0 * tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    """Precision, recall and F1 as percentages."""
+    precision, recall, f1 = prf(tp, n_pred - tp, n_gold - tp)
+    return {"precision": 100.0 * precision, "recall": 100.0 * recall, "f1": 100.0 * f1}

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from nlpseq.batching import TokenStore, bucket_batches, collate_text, pad
+from nlpseq.batching import TokenStore, bucket_batches, pad
 
 
 def lengths(n: int = 500, seed: int = 0) -> list[int]:
@@ -77,7 +77,7 @@ def test_pad():
 
 
 def test_collate_shapes_and_mask():
-    batch = collate_text([[4, 5, 6], [7], []], labels=[1, 0, 1])
+    batch = TokenStore([[4, 5, 6], [7], []]).collate([0, 1, 2], torch.tensor([1, 0, 1]))
     assert batch.ids.shape == (3, 3) and batch.ids.dtype == torch.long
     assert batch.lengths.tolist() == [3, 1, 1]  # an empty text becomes one pad token
     assert batch.mask.tolist() == [[True, True, True], [True, False, False],
@@ -88,10 +88,10 @@ def test_collate_shapes_and_mask():
     assert (batch.ids[~batch.mask] == 0).all()
     moved = batch.to("cpu")
     assert type(moved) is type(batch) and torch.equal(moved.ids, batch.ids)
-    assert collate_text([[1, 2]]).labels is None
+    assert TokenStore([[1, 2]]).collate([0]).labels is None
 
 
-def test_token_store_collates_like_collate_text():
+def test_token_store_collates_the_chosen_examples_padded():
     rng = random.Random(0)
     sequences = [[rng.randint(4, 50) for _ in range(rng.randint(0, 9))] for _ in range(40)]
     labels = torch.tensor([rng.randint(0, 2) for _ in sequences])
@@ -99,8 +99,11 @@ def test_token_store_collates_like_collate_text():
     assert len(store) == 40
     for batch in bucket_batches([len(s) for s in sequences], 7, seed=2):
         got = store.collate(batch, labels)
-        want = collate_text([sequences[i] for i in batch], labels[batch].tolist())
-        for name in ("ids", "lengths", "mask", "labels"):
-            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        ids, lengths = pad([sequences[i] or [0] for i in batch], 0)
+        # an empty text becomes one pad token with length 1, as the models need
+        mask = [[j < max(len(sequences[i]), 1) for j in range(ids.size(1))] for i in batch]
+        assert torch.equal(got.ids, ids) and torch.equal(got.lengths, lengths)
+        assert got.mask.tolist() == mask
+        assert torch.equal(got.labels, labels[batch])
     empty = TokenStore([[], []]).collate([0, 1])
     assert empty.ids.tolist() == [[0], [0]] and empty.lengths.tolist() == [1, 1]

@@ -14,11 +14,10 @@ from nlpseq.lmdata import (
     IGNORE,
     LMBatch,
     evaluate_stream,
-    lm_metrics,
     lm_windows,
     make_lanes,
-    split_stream,
 )
+from nlpseq.metrics import LossCounts
 from nlpseq.models.charlm import CharLM, CharLMConfig
 
 
@@ -27,14 +26,6 @@ def tiny_model(cell: str = "lstm", **kwargs) -> CharLM:
     options = {"embedding_dim": 8, "hidden_size": 16, "layers": 2, "cell": cell, "dropout": 0.0}
     options.update(kwargs)
     return CharLM(CharLMConfig(**options), 11)
-
-
-def test_split_stream_by_position():
-    stream = torch.arange(100)
-    train, val = split_stream(stream)
-    assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
-    train, val = split_stream(stream, 0.25)
-    assert len(train) == 75 and int(val[0]) == 75
 
 
 def test_lanes_and_windows_cover_every_target_once_in_order():
@@ -113,7 +104,10 @@ def test_metrics_from_summed_loss_by_hand():
     assert metrics["bpc"] == pytest.approx(math.log2(11), rel=1e-6)
     assert metrics["perplexity"] == pytest.approx(11, rel=1e-5)
     # sums, never means of means: windows of 3 and 1 tokens with losses 3.0 and 2.0
-    assert lm_metrics(3.0 + 2.0, 4) == {
+    counts = LossCounts(bits_key="bpc", count_key="n_chars")
+    counts.add(3.0, 3)
+    counts.add(2.0, 1)
+    assert counts.result() == {
         "loss": 1.25,
         "bpc": 1.25 / math.log(2),
         "perplexity": math.exp(1.25),

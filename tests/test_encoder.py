@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from nlpseq import native
-from nlpseq.batching import collate_text
+from nlpseq.batching import TextBatch, TokenStore
 from nlpseq.models.classifier import POOLINGS, ClassifierConfig, TextClassifier
 from nlpseq.models.encoder import Dropout, RecurrentEncoder, reverse_padded
 
 SENTENCES = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]
+
+
+def one_batch(sentences: list[list[int]], labels: list[int] | None = None) -> TextBatch:
+    """All ``sentences`` as one padded batch."""
+    label_tensor = torch.tensor(labels) if labels is not None else None
+    return TokenStore(sentences).collate(range(len(sentences)), label_tensor)
 
 
 def encoder(cell: str, layers: int, bidirectional: bool) -> RecurrentEncoder:
@@ -26,14 +32,14 @@ def encoder(cell: str, layers: int, bidirectional: bool) -> RecurrentEncoder:
                          list(itertools.product(["lstm", "gru", "rnn"], [1, 2], [True, False])))
 def test_padding_never_leaks(cell, layers, bidirectional):
     model = encoder(cell, layers, bidirectional)
-    batch = collate_text(SENTENCES)
+    batch = one_batch(SENTENCES)
     with torch.no_grad():
         outputs, final = model(batch.ids, batch.lengths)
         directions = 2 if bidirectional else 1
         assert outputs.shape == (4, 7, 5 * directions) and final.shape == (4, 5 * directions)
         assert (outputs[~batch.mask] == 0).all()
         for row, sentence in enumerate(SENTENCES):
-            alone = collate_text([sentence])
+            alone = one_batch([sentence])
             out_alone, final_alone = model(alone.ids, alone.lengths)
             n = len(sentence)
             torch.testing.assert_close(outputs[row, :n], out_alone[0], atol=1e-5, rtol=0)
@@ -44,7 +50,7 @@ def test_padding_never_leaks(cell, layers, bidirectional):
 def test_final_state_is_real_last_token(bidirectional):
     """Forward half = output at the last real token; backward half = output at position 0."""
     model = encoder("gru", 2, bidirectional)
-    batch = collate_text(SENTENCES)
+    batch = one_batch(SENTENCES)
     with torch.no_grad():
         outputs, final = model(batch.ids, batch.lengths)
     for row, sentence in enumerate(SENTENCES):
@@ -74,7 +80,7 @@ def reference(model: RecurrentEncoder, sentence: list[int]) -> torch.Tensor:
                          list(itertools.product(["lstm", "gru", "rnn"], [1, 2], [True, False])))
 def test_outputs_match_brute_force(cell, layers, bidirectional):
     model = encoder(cell, layers, bidirectional)
-    batch = collate_text(SENTENCES)
+    batch = one_batch(SENTENCES)
     with torch.no_grad():
         outputs, _ = model(batch.ids, batch.lengths)
         for row, sentence in enumerate(SENTENCES):
@@ -104,12 +110,12 @@ def test_classifier_scores_do_not_depend_on_padding(pooling):
     torch.manual_seed(0)
     config = ClassifierConfig(embedding_dim=6, hidden_size=5, pooling=pooling)
     model = TextClassifier(config, 20, 3).eval()
-    batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
+    batch = one_batch(SENTENCES, labels=[0, 1, 2, 0])
     with torch.no_grad():
         logits = model.logits(batch.ids, batch.lengths)
         assert logits.shape == (4, 3)
         for row, sentence in enumerate(SENTENCES):
-            alone = collate_text([sentence])
+            alone = one_batch([sentence])
             torch.testing.assert_close(logits[row], model.logits(alone.ids, alone.lengths)[0],
                                        atol=1e-5, rtol=0)
         loss, count, carry = model(batch)
@@ -125,7 +131,7 @@ def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
     config = ClassifierConfig(embedding_dim=6, hidden_size=5, pooling="max-mean", dropout=0.0,
                               adversarial=0.5)
     model = TextClassifier(config, 20, 3, pretrained=matrix, freeze_embeddings=freeze)
-    batch = collate_text(SENTENCES, labels=[0, 1, 2, 0])
+    batch = one_batch(SENTENCES, labels=[0, 1, 2, 0])
     model.train()
     total, count, _ = model(batch)
     clean = torch.nn.functional.cross_entropy(

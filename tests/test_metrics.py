@@ -71,3 +71,12 @@ def test_loss_counts_are_summed_not_averaged():
     assert r["perplexity"] == pytest.approx(math.exp(13 / 11))
     assert r["bits"] == pytest.approx(13 / 11 / math.log(2))
     assert r["tokens"] == 11
+
+
+def test_loss_counts_name_their_figures_and_give_nan_when_empty():
+    counts = LossCounts(bits_key="bpc", count_key="n_chars")
+    counts.add(math.log(2) * 3, 3)  # one bit per character
+    assert counts.result() == {"loss": math.log(2), "bpc": 1.0, "perplexity": 2.0, "n_chars": 3}
+    empty = LossCounts().result()
+    assert empty["tokens"] == 0
+    assert all(math.isnan(empty[k]) for k in ("loss", "bits", "perplexity"))

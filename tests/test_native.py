@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nlpseq import native
-from nlpseq.batching import collate_text
+from nlpseq.batching import TokenStore
 from nlpseq.models.encoder import RecurrentEncoder
 
 
@@ -137,7 +137,8 @@ def test_activations_are_exact_to_float_precision():
 def test_encoder_gives_the_same_with_and_without_the_kernel(monkeypatch, layers):
     torch.manual_seed(0)
     model = RecurrentEncoder(20, 6, 5, cell="lstm", layers=layers).eval()
-    batch = collate_text([[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]])
+    batch = TokenStore([[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]).collate(
+        range(4))
     with torch.no_grad():
         outputs, final = model(batch.ids, batch.lengths)
         monkeypatch.setitem(native._state, "ok", False)
