@@ -1,32 +1,39 @@
-"""Decoding outside models: greedy and sampling (temperature, top-k, top-p) over a step function.
+"""Decoding outside models: one loop, with greedy / sampling and beam search as strategies.
 
-A model talks to this module through two callables (no model class is imported here):
+A model talks to this module through callables (no model class is imported here):
 
-- ``step(tokens, state) -> (scores, state)``: ``tokens`` is ``(B,)`` long, ``scores`` is
-  ``(B, V)`` logits or log-probabilities (both give the same softmax, so either works).
-- ``prime(tokens, state) -> (scores, state)`` (optional): consumes a whole prompt ``(B, T)`` in
-  one batched call and returns the scores after its last token ``(B, V)``. Without it the prompt
-  is fed through ``step`` one token at a time.
+- ``step(tokens, state) -> (scores, state)`` or ``(scores, state, attention)``: ``tokens`` is
+  ``(N,)`` long, ``scores`` ``(N, V)`` logits or log-probabilities (the same softmax, so either
+  works for sampling; beam search ranks by their sum, so it wants log-probabilities), and the
+  optional ``attention`` ``(N, S)`` the weights over the source behind these scores.
+- ``prime(tokens, state)`` (optional): consumes a whole prompt ``(N, T)`` in one batched call and
+  returns what ``step`` returns for its last token. Without it the prompt goes through ``step``
+  one token at a time.
+- ``reorder_state(state, index (M,) long) -> state``: picks (and repeats) rows of a state. The
+  loop uses it to expand sentences to beams, follow surviving beams and drop finished rows.
 
 States are whatever the model uses (tensors or tuples of tensors); this module never looks inside
-them. Sequence-to-sequence search (:func:`greedy_search`, :func:`beam_search`) also takes
-``reorder_state(state, index (M,) long) -> state``, which picks (and repeats) rows of a state:
-it expands a batch to beams, follows the surviving beams and drops finished sentences.
+them. :func:`decode` is the loop; a :class:`DecodeStrategy` (:class:`GreedySearch`, which also
+samples, or :class:`BeamSearch`) chooses tokens, in the manner of OpenNMT-py's
+``decode_strategy.py``. :func:`generate`, :func:`greedy_search` and :func:`beam_search` are the
+entry points for language-model generation and sequence-to-sequence search.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 State = Any
-StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
-PrimeFn = Callable[[Tensor, State], tuple[Tensor, State]]
+StepFn = Callable[[Tensor, State], tuple[Any, ...]]
+PrimeFn = Callable[[Tensor, State], tuple[Any, ...]]
+ReorderFn = Callable[[State, Tensor], State]
+LengthNorm = Literal["none", "average", "gnmt"]
 
 
 def check_sampling_options(
@@ -90,137 +97,33 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def prime_state(
-    step: StepFn, prime_tokens: Tensor, state: State, prime: PrimeFn | None = None
-) -> tuple[Tensor, State]:
-    """Run a prompt (B, T), T >= 1, through the model; return (scores after it (B, V), state)."""
-    if prime_tokens.dim() == 1:
-        prime_tokens = prime_tokens.unsqueeze(0)  # (1, T)
-    if prime_tokens.size(1) == 0:
-        raise ValueError("the prompt must have at least one token (e.g. a start token)")
-    with torch.no_grad():
-        if prime is not None:
-            return prime(prime_tokens, state)
-        scores = None
-        for t in range(prime_tokens.size(1)):
-            scores, state = step(prime_tokens[:, t], state)
-        return scores, state
+@dataclass(frozen=True)
+class Sampler:
+    """Sampling options for :class:`GreedySearch`; temperature 0 is the argmax."""
 
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
 
-def generate(
-    step: StepFn,
-    prime_tokens: Tensor,
-    state: State,
-    length: int,
-    *,
-    prime: PrimeFn | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-) -> Iterator[int]:
-    """Yield ``length`` token ids continuing ``prime_tokens`` (T,) or (1, T), one at a time.
+    def __post_init__(self) -> None:
+        check_sampling_options(self.temperature, self.top_k, self.top_p)
 
-    The prompt is consumed in one call to ``prime`` when given (else token by token through
-    ``step``); it must hold at least one token, so a caller with an empty prompt passes a start
-    token. Token ids are yielded as soon as they are chosen, so a caller can stream them.
-    temperature 0 is greedy decoding. The same seed and options give the same tokens; seed None
-    draws a fresh seed. Options are checked here, before the first token is asked for.
-    """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    check_sampling_options(temperature, top_k, top_p)
-    if prime_tokens.numel() == 0:
-        raise ValueError("the prompt must have at least one token (e.g. a start token)")
-    return _generate(step, prime_tokens, state, length, prime, temperature, top_k, top_p, seed)
-
-
-def _generate(
-    step: StepFn,
-    prime_tokens: Tensor,
-    state: State,
-    length: int,
-    prime: PrimeFn | None,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-) -> Iterator[int]:
-    scores, state = prime_state(step, prime_tokens, state, prime)
-    generator = torch.Generator(device=scores.device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    for i in range(length):
-        token = sample_next(scores, temperature, top_k, top_p, generator)  # (1,)
-        yield int(token[0])
-        if i + 1 < length:  # no wasted step after the last token
-            # no_grad per call, not around the yield: a suspended generator must not change the
-            # caller's grad mode
-            with torch.no_grad():
-                scores, state = step(token, state)
-
-
-def decode_batch(
-    step: StepFn,
-    start_tokens: Tensor,
-    state: State,
-    max_length: int,
-    *,
-    eos_id: int | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Greedy (temperature 0, the default) or sampled decoding of a batch, stopping at eos.
-
-    start_tokens (B,) long is fed first (e.g. <bos>). Returns tokens (B, L) with L <= max_length
-    (positions after a row's eos hold eos) and lengths (B,) counting tokens up to and including
-    the first eos (max_length when a row never emits it). The loop ends once every row has ended.
-    """
-    check_sampling_options(temperature, top_k, top_p)
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    batch_size = start_tokens.size(0)
-    lengths = torch.full((batch_size,), max_length, dtype=torch.long, device=start_tokens.device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=start_tokens.device)
-    tokens = start_tokens
-    outputs: list[Tensor] = []
-    with torch.no_grad():
-        for t in range(max_length):
-            scores, state = step(tokens, state)  # (B, V)
-            tokens = sample_next(scores, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                tokens = tokens.masked_fill(finished, eos_id)
-                newly = (tokens == eos_id) & ~finished
-                lengths = torch.where(newly, torch.full_like(lengths, t + 1), lengths)
-                finished = finished | newly
-            outputs.append(tokens)
-            if eos_id is not None and bool(finished.all()):
-                break
-    return torch.stack(outputs, dim=1), lengths  # (B, L), (B,)
-
-
-# --- sequence-to-sequence search: greedy and beam, stopping at <eos> --------------------------
-# Both stop a sentence at ``<eos>`` (not part of the returned tokens) or at its own maximum
-# length (``max_lengths``, usually ``a * source_length + b``, see :func:`max_target_lengths`).
-# Finished sentences are removed from the batch, so a batch costs what its unfinished
-# sentences cost.
-
-ReorderFn = Callable[[State, Tensor], State]
-LengthNorm = Literal["none", "average", "gnmt"]
+    def __call__(self, scores: Tensor) -> Tensor:
+        """scores (N, V) -> chosen tokens (N,) long."""
+        return sample_next(scores, self.temperature, self.top_k, self.top_p, self.generator)
 
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """One output sequence: ``tokens`` without ``<bos>``/``<eos>``, its total log-probability
-    and the (length-normalised) score beam search ranked it by."""
+    """One output sequence: ``tokens`` without ``<bos>``/``<eos>``, its total log-probability,
+    the (length-normalised) score search ranked it by and, when asked for, its ``attention``
+    (steps, S): one row per decoding step, the ``<eos>`` step included."""
 
     tokens: list[int]
     log_prob: float
     score: float
+    attention: Tensor | None = field(default=None, compare=False, repr=False)
 
 
 def max_target_lengths(source_lengths: Tensor, a: float = 1.5, b: int = 10) -> Tensor:
@@ -244,47 +147,404 @@ def length_penalty(length: int, alpha: float, kind: LengthNorm = "gnmt") -> floa
     raise ValueError(f"unknown length normalisation {kind!r}")
 
 
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class DecodeStrategy:
+    """How tokens are chosen: the part of decoding that differs between greedy and beam search.
+
+    :func:`decode` calls ``select`` with every step's scores; when ``is_finished`` has a True
+    row it calls ``update_finished``, which sets finished rows aside and drops them; then the
+    model's state is reordered by ``select_indices`` (when not None) and ``current_tokens`` is
+    fed to the next step. ``done`` ends the loop. ``start_indices`` (when not None) expands the
+    initial state's rows before the first step (sentences to beams).
+    """
+
+    start_indices: Tensor | None = None
+    current_tokens: Tensor  # (N,) long: the tokens chosen for the rows still decoding
+    select_indices: Tensor | None = None  # (N,) long: the previous row each row continues
+    is_finished: Tensor  # (N,) bool: rows whose decoding ended at the last select
+    done: bool = False
+
+    def select(self, scores: Tensor, attention: Tensor | None = None) -> None:
+        """Choose the next tokens from one step's scores (N, V) (and attention (N, S))."""
+        raise NotImplementedError
+
+    def update_finished(self) -> None:
+        """Set the finished rows' results aside and drop those rows."""
+        raise NotImplementedError
+
+
+def _unpack(output: tuple[Any, ...]) -> tuple[Tensor, State, Tensor | None]:
+    """A step's ``(scores, state)`` or ``(scores, state, attention)`` -> all three."""
+    return output[0], output[1], output[2] if len(output) > 2 else None
+
+
+def _run_prompt(
+    step: StepFn, prime: PrimeFn | None, prompt: Tensor, state: State
+) -> tuple[Tensor, State, Tensor | None]:
+    """Feed a prompt (N, T), T >= 1; return what the step after its last token gives."""
+    with torch.no_grad():
+        if prime is not None:
+            return _unpack(prime(prompt, state))
+        for t in range(prompt.size(1)):
+            scores, state, attention = _unpack(step(prompt[:, t], state))
+        return scores, state, attention
+
+
+def decode(
+    step: StepFn,
+    state: State,
+    strategy: DecodeStrategy,
+    prompt: Tensor,
+    *,
+    prime: PrimeFn | None = None,
+    reorder_state: ReorderFn | None = None,
+) -> Iterator[Tensor]:
+    """The decoding loop shared by every strategy; yields the tokens chosen at each step.
+
+    ``prompt`` (N, T), T >= 1, is fed first (``<bos>`` for translation). Each yielded tensor is
+    ``strategy.current_tokens`` right after ``select``, before the next step runs, so a caller
+    can stream tokens; nothing runs after the step that finishes the last row. Results stay in
+    the strategy. ``reorder_state`` is needed once the strategy reorders rows.
+    """
+    if strategy.done:
+        return
+    if strategy.start_indices is not None:
+        state = _reorder(reorder_state, state, strategy.start_indices)
+        prompt = prompt.index_select(0, strategy.start_indices)
+    scores, state, attention = _run_prompt(step, prime, prompt, state)
+    while True:
+        strategy.select(scores, attention)
+        yield strategy.current_tokens
+        if bool(strategy.is_finished.any()):
+            strategy.update_finished()
+            if strategy.done:
+                return
+        if strategy.select_indices is not None:
+            state = _reorder(reorder_state, state, strategy.select_indices)
+        # no_grad per call, not around the yield: a suspended generator must not change the
+        # caller's grad mode
+        with torch.no_grad():
+            scores, state, attention = _unpack(step(strategy.current_tokens, state))
+
+
+def _reorder(reorder_state: ReorderFn | None, state: State, index: Tensor) -> State:
+    if reorder_state is None:
+        raise ValueError("this decoding reorders rows of the state: pass reorder_state")
+    return reorder_state(state, index)
+
+
+def run(
+    step: StepFn,
+    state: State,
+    strategy: DecodeStrategy,
+    prompt: Tensor,
+    *,
+    prime: PrimeFn | None = None,
+    reorder_state: ReorderFn | None = None,
+) -> DecodeStrategy:
+    """Run :func:`decode` to the end and return the strategy, which holds the results."""
+    for _ in decode(step, state, strategy, prompt, prime=prime, reorder_state=reorder_state):
+        pass
+    return strategy
+
+
+# --- greedy search and sampling ---------------------------------------------------------------
+
+
+class GreedySearch(DecodeStrategy):
+    """One token per row and step: the best one, or one drawn by ``sampler``.
+
+    A row ends at ``eos_id`` (None: never) or after ``max_lengths`` (B,) steps. Tokens and
+    attention go into (B, L) buffers at each row's original index, so finished rows cost
+    nothing more. ``hypotheses`` holds one :class:`Hypothesis` per row, in batch order, with
+    score = log_prob = the sum of the chosen tokens' scores.
+    """
+
+    def __init__(
+        self,
+        max_lengths: Tensor,
+        eos_id: int | None = None,
+        sampler: Sampler | None = None,
+        attention: bool = False,
+    ):
+        batch, device = max_lengths.size(0), max_lengths.device
+        self.eos_id, self.keep_attention = eos_id, attention
+        self.sampler = sampler if sampler is not None and sampler.temperature > 0 else None
+        self.limits = max_lengths
+        self.active = torch.arange(batch, device=device)  # original row of each row
+        self.length = 0  # steps taken
+        width = max(1, int(max_lengths.max())) if batch else 0
+        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)
+        self.log_probs = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.attention: Tensor | None = None  # (B, L, S) once a step gives attention
+        self.hypotheses: list[Hypothesis] = [Hypothesis([], 0.0, 0.0)] * batch
+        self.done = batch == 0
+
+    def select(self, scores: Tensor, attention: Tensor | None = None) -> None:
+        """Choose (argmax or sample) one token per row from scores (N, V)."""
+        if self.sampler is None:
+            best, tokens = scores.float().max(dim=-1)  # (N,), (N,)
+        else:
+            tokens = self.sampler(scores)  # (N,)
+            best = scores.float().gather(1, tokens.unsqueeze(1)).squeeze(1)
+        self.tokens[self.active, self.length] = tokens
+        self.log_probs[self.active] += best.double()
+        if self.keep_attention and attention is not None:
+            if self.attention is None:
+                shape = (self.tokens.size(0), self.tokens.size(1), attention.size(-1))
+                self.attention = attention.new_zeros(shape)
+            self.attention[self.active, self.length] = attention.float()
+        self.length += 1
+        self.is_finished = self.limits[self.active] <= self.length  # (N,)
+        if self.eos_id is not None:
+            self.is_finished |= tokens == self.eos_id
+        self.current_tokens = tokens
+        self.select_indices = None
+
+    def update_finished(self) -> None:
+        """Store the finished rows' hypotheses and keep the other rows."""
+        for row in self.active[self.is_finished].tolist():
+            tokens = self.tokens[row, : self.length].tolist()
+            attention = self.attention[row, : self.length] if self.attention is not None else None
+            if tokens and tokens[-1] == self.eos_id:
+                tokens.pop()
+            log_prob = float(self.log_probs[row])
+            self.hypotheses[row] = Hypothesis(tokens, log_prob, log_prob, attention)
+        keep = (~self.is_finished).nonzero().squeeze(1)  # (N',)
+        self.active = self.active[keep]
+        self.current_tokens = self.current_tokens[keep]
+        self.is_finished = self.is_finished[keep]
+        self.select_indices = keep
+        self.done = keep.numel() == 0
+
+
+# --- beam search ------------------------------------------------------------------------------
+
+
+class BeamSearch(DecodeStrategy):
+    """Batched beam search over B sentences x K beams, its bookkeeping in (B, K) tensors.
+
+    Each step ranks the best ``2K`` continuations of a sentence's beams. A continuation that
+    emits ``<eos>`` is set aside as finished with score ``log_prob / length_penalty(length)``;
+    the first K others survive (fewer when the rest are impossible: their slots get score -inf).
+    A sentence ends when no survivor can still beat its best finished hypothesis
+    (log-probabilities only fall and the penalty is at most that of the maximum length; with
+    ``alpha = 0`` this bound is tight), or when it has K finished hypotheses and the best of
+    them beats the best survivor as it stands, or at its maximum length, where continuations
+    are finished as they are (best first, until it has K). ``hypotheses`` holds the ``n_best``
+    finished hypotheses of each sentence, best first.
+    """
+
+    def __init__(
+        self,
+        max_lengths: Tensor,
+        eos_id: int,
+        beam_size: int = 5,
+        *,
+        alpha: float = 0.0,
+        length_norm: LengthNorm = "gnmt",
+        n_best: int = 1,
+        attention: bool = False,
+    ):
+        if beam_size < 1:
+            raise ValueError("beam_size must be >= 1")
+        if alpha < 0:
+            raise ValueError(
+                "alpha must be >= 0 (the stopping test needs a non-decreasing penalty)"
+            )
+        batch, device, k = max_lengths.size(0), max_lengths.device, beam_size
+        self.eos_id, self.k, self.n_best, self.keep_attention = eos_id, k, n_best, attention
+        self.penalty = lambda length: length_penalty(length, alpha, length_norm)
+        width = int(max_lengths.max()) if batch else 0
+        # the same Python floats the finished scores are divided by
+        self.penalties = torch.tensor([self.penalty(n) for n in range(width + 1)],
+                                      dtype=torch.float64, device=device)
+        self.limits = max_lengths  # (n,) for the n sentences still decoding
+        self.active = torch.arange(batch, device=device)  # (n,) original sentence index
+        self.start_indices = self.active.repeat_interleave(k)  # (B*K,)
+        self.scores = torch.full((batch, k), -math.inf, device=device)  # (n, K) log-probs
+        self.scores[:, 0] = 0.0  # all beams start identical: only the first one may expand
+        self.alive = torch.zeros(batch * k, 0, dtype=torch.long, device=device)  # (n*K, t)
+        self.alive_attention: Tensor | None = None  # (n*K, t, S)
+        self.n_done = torch.zeros(batch, dtype=torch.long, device=device)  # (n,)
+        self.best_done = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+        self.finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        self.length = 0
+        self.done = batch == 0
+
+    def select(self, scores: Tensor, attention: Tensor | None = None) -> None:
+        """Extend every beam by one token: scores (n*K, V) are log-probabilities."""
+        self.length += 1
+        n, k, vocab = self.scores.size(0), self.k, scores.size(-1)
+        candidates = self.scores.unsqueeze(2) + scores.float().view(n, k, vocab)  # (n, K, V)
+        width = min(2 * k, k * vocab)
+        top_scores, top_index = candidates.view(n, k * vocab).topk(width, dim=1)  # (n, 2K)
+        tokens = top_index % vocab  # (n, 2K)
+        rows = top_index // vocab + torch.arange(n, device=tokens.device).unsqueeze(1) * k
+        if not (self.keep_attention and attention is not None):
+            attention = None
+        finish, survive = self._classify(top_scores, tokens)
+        if bool(finish.any()):
+            self._set_aside(finish, top_scores, tokens, rows, attention)
+        self._advance(survive, top_scores, tokens, rows, attention)
+
+    def _classify(self, top_scores: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Which ranked continuations (n, 2K) finish now, and which survive."""
+        k = self.k
+        finite = top_scores != -math.inf
+        is_eos = tokens == self.eos_id
+        open_ = finite & ~is_eos
+        # a continuation counts while fewer than K surviving ones rank above it
+        above = open_.long().cumsum(1) - open_.long()
+        counted = finite & (above < k)
+        forced = (self.limits <= self.length).unsqueeze(1)  # (n, 1): the last step allowed
+        rank = torch.arange(top_scores.size(1), device=tokens.device)
+        take = (k - self.n_done).clamp(min=1).unsqueeze(1)  # at the limit: fill up to K
+        finish = torch.where(forced, finite & (rank < take), counted & is_eos)
+        return finish, counted & open_ & ~forced
+
+    def _set_aside(
+        self, finish: Tensor, top_scores: Tensor, tokens: Tensor, rows: Tensor,
+        attention: Tensor | None,
+    ) -> None:
+        """Store the finishing continuations (in rank order) as hypotheses."""
+        penalty = self.penalty(self.length)
+        normalised = (top_scores.double() / penalty).masked_fill(~finish, -math.inf)
+        self.best_done = torch.maximum(self.best_done, normalised.max(dim=1).values)
+        self.n_done += finish.sum(dim=1)
+        active = self.active.tolist()
+        for r, j in finish.nonzero().tolist():
+            row, token = int(rows[r, j]), int(tokens[r, j])
+            prefix = self.alive[row].tolist() + ([] if token == self.eos_id else [token])
+            weights = None
+            if attention is not None:
+                steps = [attention[row : row + 1]]
+                if self.alive_attention is not None:
+                    steps.insert(0, self.alive_attention[row])
+                weights = torch.cat(steps).float()
+            log_prob = float(top_scores[r, j])
+            self.finished[active[r]].append(Hypothesis(prefix, log_prob, log_prob / penalty,
+                                                       weights))
+
+    def _advance(
+        self, survive: Tensor, top_scores: Tensor, tokens: Tensor, rows: Tensor,
+        attention: Tensor | None,
+    ) -> None:
+        """Keep the first K survivors of every sentence and decide which sentences end."""
+        k, width = self.k, survive.size(1)
+        rank = torch.arange(width, device=tokens.device)
+        slots = (rank + width * (~survive).long()).argsort(dim=1)[:, :k]  # (n, K) survivors first
+        count = survive.sum(dim=1)  # (n,)
+        real = torch.arange(k, device=tokens.device).unsqueeze(0) < count.unsqueeze(1)  # (n, K)
+        slots = torch.where(real, slots, slots[:, :1])  # empty slots: the best survivor's beam
+        self.scores = top_scores.gather(1, slots).masked_fill(~real, -math.inf)
+        new_tokens = tokens.gather(1, slots).masked_fill(~real, self.eos_id).view(-1)  # (n*K,)
+        sources = rows.gather(1, slots).view(-1)  # (n*K,) back-pointers
+        best_alive = self.scores[:, 0].double()
+        bound = best_alive / self.penalties[self.limits.clamp(min=0, max=len(self.penalties) - 1)]
+        now = best_alive / self.penalties[self.length]
+        beaten = (self.best_done >= bound) | ((self.n_done >= k) & (self.best_done >= now))
+        self.is_finished = (self.limits <= self.length) | (count == 0)
+        self.is_finished |= (self.n_done > 0) & beaten
+        self.alive = torch.cat([self.alive[sources], new_tokens.unsqueeze(1)], dim=1)
+        if attention is not None:
+            step = attention[sources].unsqueeze(1).float()  # (n*K, 1, S)
+            history = self.alive_attention
+            self.alive_attention = step if history is None else torch.cat(
+                [history[sources], step], dim=1)
+        self.current_tokens, self.select_indices = new_tokens, sources
+
+    def update_finished(self) -> None:
+        """Drop the sentences whose search ended (their hypotheses are already stored)."""
+        keep = (~self.is_finished).nonzero().squeeze(1)  # (n',)
+        flat = (keep.unsqueeze(1) * self.k + torch.arange(self.k, device=keep.device)).view(-1)
+        for name in ("scores", "limits", "active", "n_done", "best_done", "is_finished"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.alive = self.alive[flat]
+        if self.alive_attention is not None:
+            self.alive_attention = self.alive_attention[flat]
+        self.current_tokens = self.current_tokens[flat]
+        self.select_indices = self.select_indices[flat]
+        self.done = keep.numel() == 0
+
+    @property
+    def hypotheses(self) -> list[list[Hypothesis]]:
+        """The ``n_best`` finished hypotheses of every sentence, best first, in batch order."""
+        results = []
+        for hyps in self.finished:
+            ranked = sorted(hyps, key=lambda h: h.score, reverse=True)  # stable: ties by order
+            results.append(ranked[: self.n_best] or [Hypothesis([], 0.0, 0.0)])
+        return results
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def generate(
+    step: StepFn,
+    prime_tokens: Tensor,
+    state: State,
+    length: int,
+    *,
+    prime: PrimeFn | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """Yield ``length`` token ids continuing ``prime_tokens`` (T,) or (1, T), one at a time.
+
+    The prompt is consumed in one call to ``prime`` when given (else token by token through
+    ``step``); it must hold at least one token, so a caller with an empty prompt passes a start
+    token. Token ids are yielded as soon as they are chosen, so a caller can stream them; nothing
+    runs before the first one is asked for. temperature 0 is greedy decoding. The same seed and
+    options give the same tokens; seed None draws a fresh seed. Options are checked here.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    check_sampling_options(temperature, top_k, top_p)
+    if prime_tokens.numel() == 0:
+        raise ValueError("the prompt must have at least one token (e.g. a start token)")
+    prompt = prime_tokens.view(1, -1)  # (1, T)
+    generator = torch.Generator(device=prompt.device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    sampler = Sampler(temperature, top_k, top_p, generator)
+    lengths = torch.tensor([length], device=prompt.device)
+    strategy = GreedySearch(lengths, eos_id=None, sampler=sampler)
+    return (int(tokens[0]) for tokens in decode(step, state, strategy, prompt, prime=prime))
+
+
 def greedy_search(
     step: StepFn,
     reorder_state: ReorderFn,
-    state: Any,
+    state: State,
     bos: Tensor,
     eos_id: int,
     max_lengths: Tensor,
+    *,
+    sampler: Sampler | None = None,
+    attention: bool = False,
 ) -> list[Hypothesis]:
-    """Pick the most probable token at every step, for a batch at once.
+    """The most probable token at every step (or one drawn by ``sampler``), for a batch at once.
 
     ``bos`` (B,) are the first decoder inputs, ``max_lengths`` (B,) the most steps per sentence.
-    Returns one :class:`Hypothesis` per sentence, in batch order (score = log-probability).
+    Returns one :class:`Hypothesis` per sentence, in batch order (score = log-probability); with
+    ``attention`` each carries the weights the step function returned.
     """
-    batch = bos.size(0)
-    max_lengths = max_lengths.to(bos.device)
-    tokens = bos
-    active = torch.arange(batch, device=bos.device)  # original row of each row still decoding
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    log_probs_sum = [0.0] * batch
-    for t in range(int(max_lengths.max().item()) if batch else 0):
-        log_probs, state = step(tokens, state)  # (n, V)
-        best, tokens = log_probs.float().max(dim=-1)  # (n,), (n,)
-        ended = (tokens == eos_id) | (max_lengths[active] <= t + 1)  # (n,)
-        for index, token, score in zip(active.tolist(), tokens.tolist(), best.tolist()):
-            log_probs_sum[index] += score
-            if token != eos_id:
-                outputs[index].append(token)
-        if bool(ended.all()):
-            break
-        if bool(ended.any()):
-            keep = (~ended).nonzero().squeeze(1)  # (n',)
-            state = reorder_state(state, keep)
-            tokens = tokens[keep]
-            active = active[keep]
-    return [Hypothesis(out, lp, lp) for out, lp in zip(outputs, log_probs_sum)]
+    strategy = GreedySearch(max_lengths.to(bos.device), eos_id, sampler, attention)
+    run(step, state, strategy, bos.unsqueeze(1), reorder_state=reorder_state)
+    return strategy.hypotheses
 
 
 def beam_search(
     step: StepFn,
     reorder_state: ReorderFn,
-    state: Any,
+    state: State,
     bos: Tensor,
     eos_id: int,
     max_lengths: Tensor,
@@ -292,99 +552,13 @@ def beam_search(
     alpha: float = 0.0,
     length_norm: LengthNorm = "gnmt",
     n_best: int = 1,
+    *,
+    attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Batched beam search; returns the ``n_best`` hypotheses of each sentence, best first.
-
-    ``state`` holds B rows (one per sentence) and is expanded to B * beam_size rows here.
-    A hypothesis that emits ``<eos>`` is set aside as finished with score
-    ``log_prob / length_penalty(length)``; the beam keeps ``beam_size`` unfinished hypotheses
-    (chosen among the best ``2 * beam_size`` continuations). A sentence is done when no
-    unfinished hypothesis can still beat the best finished one (log-probabilities only fall and
-    the penalty is at most that of the maximum length; with ``alpha = 0`` this bound is tight),
-    or when it has ``beam_size`` finished hypotheses and the best of them beats the best
-    unfinished one as it stands, or at its maximum length, where the unfinished hypotheses are
-    finished as they are.
-    """
-    if beam_size < 1:
-        raise ValueError("beam_size must be >= 1")
-    if alpha < 0:
-        raise ValueError("alpha must be >= 0 (the stopping test needs a non-decreasing penalty)")
-    batch, k = bos.size(0), beam_size
-    device = bos.device
-    max_lengths = max_lengths.to(device)
-    expand = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
-    state = reorder_state(state, expand)
-    tokens = bos[expand]  # (B*K,)
-    scores = torch.full((batch, k), -math.inf, device=device)  # (B, K) log-probs so far
-    scores[:, 0] = 0.0  # all beams start identical: only the first one may expand
-    history: list[list[int]] = [[] for _ in range(batch * k)]  # tokens of each live row
-    active = list(range(batch))  # original sentence of each row group still decoding
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-
-    for t in range(int(max_lengths.max().item()) if batch else 0):
-        log_probs, state = step(tokens, state)  # (n*K, V)
-        n = len(active)
-        vocab = log_probs.size(-1)
-        candidates = scores.unsqueeze(2) + log_probs.float().view(n, k, vocab)  # (n, K, V)
-        width = min(2 * k, k * vocab)
-        top_scores, top_index = candidates.view(n, k * vocab).topk(width, dim=1)  # (n, 2K)
-        top_beams = (top_index // vocab).tolist()
-        top_tokens = (top_index % vocab).tolist()
-        top_scores_list = top_scores.tolist()
-        limits = max_lengths[torch.tensor(active, device=device)].tolist()
-
-        length = t + 1  # generated tokens, this one included
-        keep_rows: list[int] = []  # row groups that continue
-        sources: list[int] = []  # (n'*K) flat beam each new beam continues
-        new_tokens: list[int] = []
-        new_scores: list[list[float]] = []
-        new_history: list[list[int]] = []
-        for row, sentence in enumerate(active):
-            forced = length >= limits[row]
-            survivors: list[tuple[float, int, int]] = []
-            done_here = finished[sentence]
-            for score, beam, token in zip(top_scores_list[row], top_beams[row], top_tokens[row]):
-                if score == -math.inf:
-                    break
-                prefix = history[row * k + beam]
-                if token == eos_id:
-                    penalty = length_penalty(length, alpha, length_norm)
-                    done_here.append(Hypothesis(list(prefix), score, score / penalty))
-                elif forced:
-                    penalty = length_penalty(length, alpha, length_norm)
-                    done_here.append(Hypothesis([*prefix, token], score, score / penalty))
-                else:
-                    survivors.append((score, beam, token))
-                if len(survivors) == k or (forced and len(done_here) >= k):
-                    break
-            if forced or not survivors:
-                continue
-            if done_here:
-                best_done = max(h.score for h in done_here)
-                best_alive = survivors[0][0]
-                bound = best_alive / length_penalty(limits[row], alpha, length_norm)
-                now = best_alive / length_penalty(length, alpha, length_norm)
-                if best_done >= bound or (len(done_here) >= k and best_done >= now):
-                    continue
-            while len(survivors) < k:  # dead beams: never chosen again
-                survivors.append((-math.inf, survivors[0][1], eos_id))
-            keep_rows.append(row)
-            new_scores.append([s for s, _, _ in survivors])
-            for _, beam, token in survivors:
-                sources.append(row * k + beam)
-                new_tokens.append(token)
-                new_history.append([*history[row * k + beam], token])
-        if not keep_rows:
-            break
-        index = torch.tensor(sources, device=device)
-        state = reorder_state(state, index)
-        tokens = torch.tensor(new_tokens, device=device, dtype=bos.dtype)
-        scores = torch.tensor(new_scores, device=device)
-        history = new_history
-        active = [active[row] for row in keep_rows]
-
-    results = []
-    for hyps in finished:
-        ranked = sorted(hyps, key=lambda h: h.score, reverse=True)
-        results.append(ranked[:n_best] or [Hypothesis([], 0.0, 0.0)])
-    return results
+    """Batched beam search (see :class:`BeamSearch`); the ``n_best`` hypotheses of each
+    sentence, best first. ``state`` holds B rows (one per sentence), expanded to B * beam_size
+    rows here; with ``attention`` each hypothesis carries its weights."""
+    strategy = BeamSearch(max_lengths.to(bos.device), eos_id, beam_size, alpha=alpha,
+                          length_norm=length_norm, n_best=n_best, attention=attention)
+    run(step, state, strategy, bos.unsqueeze(1), reorder_state=reorder_state)
+    return strategy.hypotheses

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nlpseq.decoding import decode_batch, filter_logits, generate, sample_next
+from nlpseq.decoding import (
+    GreedySearch,
+    Sampler,
+    decode,
+    filter_logits,
+    generate,
+    greedy_search,
+    sample_next,
+)
 
 # a hand-made distribution with exact binary fractions, so "reaches p" has no rounding doubt
 PROBS = [0.0625, 0.5, 0.125, 0.0625, 0.25]  # ranks: 1, 4, 2, then 0 and 3 (tied)
@@ -141,12 +149,43 @@ def test_generate_checks_options_eagerly():
         generate(bigram_step, torch.tensor([], dtype=torch.long), None, 5)
 
 
-def test_decode_batch_greedy_stops_at_eos():
-    # token t -> t + 1, and 3 -> eos (0)
-    def step(tokens, state):
-        following = torch.where(tokens >= 3, torch.zeros_like(tokens), tokens + 1)
-        return torch.nn.functional.one_hot(following, 5).float().log(), state
+def counting_chain(tokens, state):
+    """token t -> t + 1, and 3 -> eos (0); the state counts the rows each step saw."""
+    following = torch.where(tokens >= 3, torch.zeros_like(tokens), tokens + 1)
+    return torch.nn.functional.one_hot(following, 5).float().log(), [*state, tokens.numel()]
 
-    tokens, lengths = decode_batch(step, torch.tensor([1, 3, 2]), None, 10, eos_id=0)
-    assert tokens.tolist() == [[2, 3, 0], [0, 0, 0], [3, 0, 0]]
-    assert lengths.tolist() == [3, 1, 2]
+
+def test_greedy_stops_each_row_at_eos_and_drops_it():
+    seen = []
+
+    def step(tokens, state):
+        scores, state = counting_chain(tokens, state)
+        seen.append(tokens.tolist())
+        return scores, state
+
+    found = greedy_search(step, lambda state, index: state, [], torch.tensor([1, 3, 2]), 0,
+                          torch.full((3,), 10))
+    assert [h.tokens for h in found] == [[2, 3], [], [3]]
+    assert [h.log_prob for h in found] == [0.0, 0.0, 0.0]
+    assert seen == [[1, 3, 2], [2, 3], [3]]  # finished rows are no longer stepped
+
+
+def test_loop_yields_each_step_before_running_the_next():
+    strategy = GreedySearch(torch.tensor([4, 4]), eos_id=None)
+    steps = decode(counting_chain, [], strategy, torch.tensor([[0], [2]]))
+    assert next(steps).tolist() == [1, 3]
+    assert next(steps).tolist() == [2, 0]
+    assert len(list(steps)) == 2 and strategy.done
+    assert [h.tokens for h in strategy.hypotheses] == [[1, 2, 3, 0], [3, 0, 1, 2]]
+
+
+def test_sampling_strategy_draws_what_sample_next_draws():
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    sampler = Sampler(1.3, top_k=4, generator=torch.Generator().manual_seed(9))
+    strategy = GreedySearch(torch.tensor([1, 1, 1]), sampler=sampler)
+    strategy.select(logits)
+    expected = sample_next(logits, 1.3, 4, None, torch.Generator().manual_seed(9))
+    assert torch.equal(strategy.current_tokens, expected)
+    assert torch.equal(strategy.log_probs, logits.gather(1, expected[:, None]).squeeze(1).double())
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(top_p=0.0)

@@ -277,10 +277,13 @@ class Seq2Seq(nn.Module):
             logits = self.output(attentional[:, 0])  # (N, V)
         return torch.log_softmax(logits.float(), dim=-1), weights[:, 0].float(), state
 
-    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
-        """The step function for :mod:`nlpseq.decoding`: (N,) -> (log-probs (N, V), state)."""
-        log_probs, _, state = self.decode_step(tokens, state)
-        return log_probs, state
+    def step(
+        self, tokens: Tensor, state: DecoderState
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """The step function for :mod:`nlpseq.decoding`: tokens (N,) -> (log-probabilities
+        (N, V), new state, attention (N, S)), so hypotheses can carry their attention."""
+        log_probs, weights, state = self.decode_step(tokens, state)
+        return log_probs, state, weights
 
     @staticmethod
     def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
