@@ -137,18 +137,26 @@ def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | 
     if plot_file and not Path(plot_file).expanduser().resolve().parent.is_dir():
         # checked before translating, so a typo does not cost the whole input's work
         raise NlpseqError("--attention-plot: the folder does not exist", plot_file)
+    if plot_file:
+        from nlpseq.plot import require_matplotlib
+
+        require_matplotlib()
     numbered = read_stdin_lines() if input_file == "-" else read_lines(input_file)
     lines = [line for _, line in numbered]
-    for output in task.predict_lines(lines, beam=beam):
-        click.echo(output)
-    if plot_file:
-        from nlpseq.plot import attention_png
+    if not plot_file:
+        for output in task.predict_lines(lines, beam=beam):
+            click.echo(output)
+        return
+    from nlpseq.plot import attention_png
 
-        path = Path(plot_file)
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+    # each line is decoded once: its translation and heat map come from the same search
+    path, chunk = Path(plot_file), 1024
+    for start in range(0, len(lines), chunk):
+        results = task.translate_with_attention(lines[start : start + chunk], beam)
+        for number, result in enumerate(results, start + 1):
+            click.echo(result.text)
+            if not result.source_tokens:  # an empty line has no plot
                 continue
-            result = task.translate_with_attention(line, beam)
             target = path if len(lines) == 1 else path.with_name(
                 f"{path.stem}-{number}{path.suffix or '.png'}")
             attention_png(result.attention.tolist(), result.source_tokens,

@@ -180,10 +180,10 @@ def curves_figure(runs: Sequence[RunHistory]) -> Figure:
     (right) for each run; a star marks each run's kept checkpoint."""
     if not runs:
         raise ValueError("no runs to draw")
+    figure = new_figure(11.0, 9.0)
     from matplotlib.lines import Line2D
 
     metrics = {run.selection_metric for run in runs if run.selection_metric}
-    figure = new_figure(11.0, 9.0)
     grid = figure.subplots(3, 2, sharex="col")
     for index, run in enumerate(runs):
         label = run.name if len(metrics) < 2 else f"{run.name} ({run.selection_metric})"
@@ -249,13 +249,13 @@ def entity_scores_png(scores: Mapping[str, Mapping[str, float]], path: str | Pat
 
 def confusion_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
     """Confusion matrix: ``matrix[gold][predicted]`` counts, each cell written out."""
-    from matplotlib.ticker import MaxNLocator
-
     k = len(labels)
     if k == 0 or len(matrix) != k or any(len(row) != k for row in matrix):
         raise ValueError("a confusion matrix needs one row and one column per label")
     side = 2.5 + 0.7 * k + CHAR_WIDTH * max(len(label) for label in labels)
     figure = new_figure(side + 1.0, side)
+    from matplotlib.ticker import MaxNLocator
+
     axes = figure.add_subplot()
     counts = [[int(value) for value in row] for row in matrix]
     image = axes.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, max(map(max, counts))),

@@ -107,8 +107,7 @@ def test_attention_shape_must_match_the_tokens():
 
 
 def test_missing_matplotlib_is_a_one_line_hint(monkeypatch, tmp_path: Path):
-    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.setitem(sys.modules, name, None)  # None makes ``import`` fail
+    hide_matplotlib(monkeypatch)
     with pytest.raises(NlpseqError, match=r"pip install 'nlpseq\[plot\]'") as err:
         attention_png([[1.0]], ["a"], ["b"], tmp_path / "a.png")
     assert "\n" not in str(err.value)
@@ -314,3 +313,26 @@ def test_cli_evaluate_plot_refuses_before_scoring(monkeypatch, tmp_path: Path):
     result = invoke("evaluate", "run", "dev.txt", "--plot", tmp_path / "x.png")
     assert_one_line_error(result, "x.png", "chargen evaluation has no picture")
     assert scored == []
+
+
+def hide_matplotlib(monkeypatch) -> None:
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # None makes ``import`` fail
+
+
+def test_cli_without_matplotlib_says_how_to_get_it_before_working(monkeypatch, tmp_path: Path):
+    import nlpseq
+
+    work: list[str] = []
+    task = SimpleNamespace(name="sentiment", evaluate_files=work.append,
+                           predict_lines=lambda lines, beam: work.extend(lines) or [])
+    task.require = lambda name: task
+    monkeypatch.setattr(nlpseq, "load", lambda run_dir, device: task)
+    run = write_run(tmp_path / "run")
+    hide_matplotlib(monkeypatch)
+    for args in (["evaluate", "run", "dev.tsv", "--plot", tmp_path / "c.png"],
+                 ["translate", "run", "--attention-plot", tmp_path / "a.png"],
+                 ["plot", run]):
+        result = invoke(*args, input="The man is eating.\n")
+        assert_one_line_error(result, "pip install 'nlpseq[plot]'")
+    assert work == [] and not list(tmp_path.glob("*.png"))
