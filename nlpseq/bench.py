@@ -82,10 +82,10 @@ def run_bench(
     lazy_updates: bool = True,
 ) -> dict[str, float | str]:
     """Measure and return the figures (see module docstring). The default model is the plain
-    PyTorch peer's (``../shared/peers/torch_sst2.py``): BiLSTM over 50d vectors, both
+    PyTorch script's (``torch_sst2.py`` among the baselines): BiLSTM over 50d vectors, both
     directions' final states -> dropout 0.5 -> linear; ``pooling`` picks another head.
     ``lazy_updates``: Adam updates only the embedding rows a batch uses, as the sentiment
-    pipelines train (``embeddings.lazy_updates``); False updates every row (the peer's)."""
+    pipelines train (``embeddings.lazy_updates``); False updates every row."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -96,9 +96,34 @@ def run_bench(
         "corpus": str(source), "threads": torch.get_num_threads(), "pooling": pooling,
         "embedding_updates": "lazy" if lazy_updates else "dense",
     }
-
     neighbours = OtherLoad()  # figures taken beside another job say little about nlpseq
-    chunk = texts[:20000]
+    figures.update(_text_figures(tokenizer, texts[:20000], batch_size, seconds / 4))
+    store = TokenStore(tokenizer.encode_batch(texts))
+    model = TextClassifier(
+        ClassifierConfig(embedding_dim=embedding_dim, hidden_size=hidden_size, pooling=pooling),
+        tokenizer.vocab_size, 2, sparse_embedding=lazy_updates,
+    )
+    probe = torch.zeros(1, 1, embedding_dim)
+    figures["lstm_kernel"] = "native" if native.usable(model.encoder.layers[0], probe) else "torch"
+    train_rates, peaks = _train_rounds(model, store, batch_size, seconds)
+    figures["train_tokens_per_s"] = statistics.median(train_rates)
+    figures["inference_sentences_per_s"] = _inference_rate(model, store, seconds / 2)
+    per_token = lstm_train_flops_per_token(embedding_dim, hidden_size)
+    figures["matmul_gflops"] = statistics.median(peaks) / 1e9
+    figures["train_gflops"] = figures["train_tokens_per_s"] * per_token / 1e9
+    figures["train_fraction_of_matmul"] = statistics.median(
+        rate * per_token / peak for rate, peak in zip(train_rates, peaks))
+    figures["text_over_train_tokens"] = (
+        figures["text_tokens_per_s"] / figures["train_tokens_per_s"])
+    others = neighbours.cores()
+    if others is not None:
+        figures["other_processes_cores"] = others
+    return figures
+
+
+def _text_figures(tokenizer: TextTokenizer, chunk: list[str], batch_size: int,
+                  seconds: float) -> dict[str, float]:
+    """Sentences and tokens per second through tokenize -> store -> bucket -> collate."""
     n_tokens = sum(len(t.split()) for t in chunk)
 
     def text_stages() -> float:
@@ -107,28 +132,24 @@ def run_bench(
             store.collate(batch)
         return len(chunk)
 
-    text_rate = statistics.median(_rounds(text_stages, seconds / 4))
-    figures["text_sentences_per_s"] = text_rate
-    figures["text_tokens_per_s"] = text_rate * n_tokens / len(chunk)
+    rate = statistics.median(_rounds(text_stages, seconds))
+    return {"text_sentences_per_s": rate, "text_tokens_per_s": rate * n_tokens / len(chunk)}
 
-    store = TokenStore(tokenizer.encode_batch(texts))
+
+def _train_rounds(model: TextClassifier, store: TokenStore, batch_size: int,
+                  seconds: float) -> tuple[list[float], list[float]]:
+    """Training tokens/s rounds and the matmul FLOP/s rounds between them, taking the step
+    ``nlpseq train`` takes (``make_optimizer`` and ``update``)."""
     labels = torch.arange(len(store)) % 2
     batches = [
         store.collate(b, labels) for b in bucket_batches(store.lengths.tolist(), batch_size, seed=1)
     ]
-    model = TextClassifier(
-        ClassifierConfig(embedding_dim=embedding_dim, hidden_size=hidden_size, pooling=pooling),
-        tokenizer.vocab_size, 2, sparse_embedding=lazy_updates,
-    )
     config = TrainConfig(lr=1e-3, clip=5.0)
-    optimizer = make_optimizer(model, config)  # and `update`: the step `nlpseq train` takes
-    probe = torch.zeros(1, 1, embedding_dim)
-    figures["lstm_kernel"] = "native" if native.usable(model.encoder.layers[0], probe) else "torch"
-    position = [0]
+    optimizer = make_optimizer(model, config)
+    position = itertools.count()
 
     def train_step() -> float:
-        batch = batches[position[0] % len(batches)]
-        position[0] += 1
+        batch = batches[next(position) % len(batches)]
         loss, count, _ = model(batch)
         update(model, optimizer, loss, count, config.clip)
         return batch.num_tokens
@@ -138,34 +159,24 @@ def run_bench(
         train_step()
     # Training rounds alternate with matmul rounds, and the fraction is the median of each
     # round's ratio to its neighbour: a shared machine's speed drifts within a minute.
-    train_rates, peaks = _alternate(train_step, _matmul(), (seconds, min(3.0, seconds / 4)))
-    train_rate = statistics.median(train_rates)
-    figures["train_tokens_per_s"] = train_rate
+    return _alternate(train_step, _matmul(), (seconds, min(3.0, seconds / 4)))
 
+
+def _inference_rate(model: TextClassifier, store: TokenStore, seconds: float) -> float:
+    """Median sentences/s of class probabilities over the first 20,000 sentences."""
     model.eval()
-    infer_batches = [
+    batches = [
         store.collate(b) for b in bucket_batches(store.lengths[:20000].tolist(), 256, shuffle=False)
     ]
-    position[0] = 0
+    position = itertools.count()
 
     @torch.no_grad()
     def infer_step() -> float:
-        batch = infer_batches[position[0] % len(infer_batches)]
-        position[0] += 1
+        batch = batches[next(position) % len(batches)]
         model.logits(batch.ids, batch.lengths).softmax(-1)
         return batch.ids.size(0)
 
-    figures["inference_sentences_per_s"] = statistics.median(_rounds(infer_step, seconds / 2))
-    per_token = lstm_train_flops_per_token(embedding_dim, hidden_size)
-    figures["matmul_gflops"] = statistics.median(peaks) / 1e9
-    figures["train_gflops"] = train_rate * per_token / 1e9
-    figures["train_fraction_of_matmul"] = statistics.median(
-        rate * per_token / peak for rate, peak in zip(train_rates, peaks))
-    figures["text_over_train_tokens"] = figures["text_tokens_per_s"] / train_rate
-    others = neighbours.cores()
-    if others is not None:
-        figures["other_processes_cores"] = others
-    return figures
+    return statistics.median(_rounds(infer_step, seconds))
 
 
 def run_inference_bench(
