@@ -202,12 +202,12 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 @click.option("--pooling", default="last", show_default=True,
               type=click.Choice(POOLINGS),
               help="Head of the benchmarked classifier; `last` (final states of both "
-                   "directions) is the plain PyTorch peer's model.")
+                   "directions) is the plain PyTorch SST-2 script's model.")
 @click.option("--embedding-updates", type=click.Choice(["lazy", "dense"]), default="lazy",
               show_default=True,
               help="How Adam updates the embedding table: `lazy` (only the rows each batch "
                    "uses, as the sentiment pipelines train: embeddings.lazy_updates) or "
-                   "`dense` (every row on every step, as the plain PyTorch peer).")
+                   "`dense` (every row on every step, as plain PyTorch's Adam does).")
 @click.option("--seconds", default=20.0, show_default=True, help="Time per measurement.")
 @click.option("--threads", default=0, help="torch CPU threads (0 = default).")
 @click.option("--run", "run_dir", default="",
