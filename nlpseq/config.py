@@ -214,6 +214,7 @@ def task_names() -> list[str]:
 
 
 def _task_class(name: str) -> Any:
+    """The task table's class for ``name``: its ``ModelConfig`` and ``formats``."""
     from nlpseq.tasks import task_class
 
     return task_class(name)
@@ -536,7 +537,7 @@ def _section_table(cls: type, tasks: bool) -> list[str]:
                  describe_range(f)]
         if tasks:
             cells.append(task_text if task_text == ALL else ", ".join(task_text))
-        cells.append(f.metadata.get("help", ""))
+        cells.append(f.metadata.get("help", "").replace("|", "\\|"))
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -552,9 +553,12 @@ def config_reference() -> str:
         out += [f"## {section}", "", (cls.__doc__ or "").strip(), "", *_section_table(cls, True),
                 ""]
     for name in task_names():
-        model = _task_class(name).ModelConfig
+        task = _task_class(name)
+        model, formats = task.ModelConfig, [f"`{f}`" for f in task.formats]
         doc = " ".join((model.__doc__ or "").split())
-        out += [f"## model ({name}: `{model.__name__}`)", "", doc, "",
+        reads = f"The {name} task reads data.format {formats[0]} (the default)" + (
+            f" or {', '.join(formats[1:])}." if len(formats) > 1 else ".")
+        out += [f"## model ({name}: `{model.__name__}`)", "", doc, "", reads, "",
                 *_section_table(model, False), ""]
     return "\n".join(out)
 
