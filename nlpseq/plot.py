@@ -206,13 +206,19 @@ def _metric_label(metrics: set[str]) -> str:
     return f"dev {next(iter(metrics))}" if len(metrics) == 1 else "dev selection metric"
 
 
-def curves_png(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """Read each run directory's history and write :func:`curves_figure` to ``path``."""
+def read_histories(run_dirs: Sequence[str | Path]) -> list[RunHistory]:
+    """:func:`read_history` of each run, named by folder, or by the path given where two
+    folders share a name (``a/run`` and ``b/run``)."""
     runs = [read_history(run_dir) for run_dir in run_dirs]
     names = [run.name for run in runs]
-    if len(set(names)) < len(names):  # e.g. a/run and b/run: name them by the path given
+    if len(set(names)) < len(names):
         runs = [replace(run, name=str(run_dir)) for run, run_dir in zip(runs, run_dirs)]
-    return save_png(curves_figure(runs), path)
+    return runs
+
+
+def curves_png(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """Read each run directory's history and write :func:`curves_figure` to ``path``."""
+    return save_png(curves_figure(read_histories(run_dirs)), path)
 
 
 # --- evaluation -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from nlpseq.plot import (
     entity_scores_figure,
     entity_scores_png,
     evaluation_figure,
+    read_histories,
     read_history,
 )
 from nlpseq.tagschemes import SpanF1
@@ -167,10 +168,12 @@ def test_curves_against_steps_and_minutes_with_the_kept_checkpoint(tmp_path: Pat
 
 def test_runs_with_one_name_are_told_apart_by_path(tmp_path: Path):
     first, second = write_run(tmp_path / "a" / "run"), write_run(tmp_path / "b" / "run")
-    figure_path = curves_png([first, second], tmp_path / "c.png")
-    assert figure_path.is_file()
-    runs = [read_history(first), read_history(second)]
-    assert runs[0].name == runs[1].name == "run"
+    lstm = write_run(tmp_path / "lstm")
+    assert [run.name for run in read_histories([first, lstm])] == ["run", "lstm"]
+    runs = read_histories([first, second])
+    assert [run.name for run in runs] == [str(first), str(second)]
+    legend = [t.get_text() for t in curves_figure(runs).legends[0].get_texts()]
+    assert legend == [str(first), str(second), "kept checkpoint"]
 
 
 def test_history_errors_name_the_file_and_line(tmp_path: Path):
