@@ -43,6 +43,10 @@ class Task(ABC):
     #: dev metrics usable for model selection -> True when higher is better
     metrics: ClassVar[dict[str, bool]]
     default_metric: ClassVar[str]
+    #: the task's model dataclass (the pipeline's ``model`` section), declared with config.key
+    ModelConfig: ClassVar[type]
+    #: the data.format values the task reads; the first is the default
+    formats: ClassVar[tuple[str, ...]]
     #: CLI commands besides train/evaluate that this task's runs answer
     commands: ClassVar[frozenset[str]] = frozenset({"predict"})
     #: keyword options of :meth:`read_input` and of :meth:`predict`
