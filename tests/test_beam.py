@@ -205,3 +205,108 @@ def test_length_penalty_prefers_longer_output():
 
 def test_max_target_lengths():
     assert max_target_lengths(torch.tensor([0, 4, 10]), 1.5, 5).tolist() == [5, 11, 20]
+
+
+def reference_beam(table, sentence, vocab, beam_size, max_len, alpha=0.0, length_norm="gnmt"):
+    """The search :class:`BeamSearch` documents, written out in plain Python for one sentence:
+    finished hypotheses as (score, log_prob, tokens), best first."""
+    alive = [(0.0, [])]  # (log_prob, tokens) of the unfinished beams
+    finished = []
+    for length in range(1, max_len + 1):
+        ranked = sorted(
+            ((log_prob + math.log(p), prefix, token) for log_prob, prefix in alive
+             for token, p in enumerate(table(sentence, tuple(prefix))) if p > 0),
+            key=lambda c: -c[0],
+        )[: 2 * beam_size]
+        penalty = length_penalty(length, alpha, length_norm)
+        if length == max_len:  # finished as they are, best first, until beam_size are done
+            take = max(1, beam_size - len(finished))
+            for log_prob, prefix, token in ranked[:take]:
+                tokens = prefix if token == EOS else [*prefix, token]
+                finished.append((log_prob / penalty, log_prob, tokens))
+            break
+        survivors = []
+        for log_prob, prefix, token in ranked:
+            if token == EOS:
+                finished.append((log_prob / penalty, log_prob, prefix))
+            else:
+                survivors.append((log_prob, [*prefix, token]))
+                if len(survivors) == beam_size:
+                    break
+        if not survivors:
+            break
+        if finished:
+            best_done, best_alive = max(f[0] for f in finished), survivors[0][0]
+            bound = best_alive / length_penalty(max_len, alpha, length_norm)
+            now = best_alive / penalty
+            if best_done >= bound or (len(finished) >= beam_size and best_done >= now):
+                break
+        alive = survivors
+    return sorted(finished, key=lambda f: -f[0])
+
+
+@pytest.mark.parametrize("beam_size,alpha,length_norm",
+                         [(1, 0.0, "gnmt"), (2, 0.0, "gnmt"), (3, 0.6, "gnmt"),
+                          (4, 1.0, "gnmt"), (3, 0.0, "average"), (5, 0.0, "none")])
+def test_tensor_beam_equals_plain_python_reference(beam_size, alpha, length_norm):
+    vocab, batch = 5, 6
+    table = random_table(vocab, seed=11)
+    lengths = torch.tensor([1, 2, 6, 4, 7, 5])
+    results = beam_search(
+        make_step(table), reorder, initial_state(batch), torch.full((batch,), BOS), EOS, lengths,
+        beam_size, alpha, length_norm, n_best=3,
+    )
+    for sentence, hyps in enumerate(results):
+        expected = reference_beam(table, sentence, vocab, beam_size, int(lengths[sentence]),
+                                  alpha, length_norm)[:3]
+        assert [h.tokens for h in hyps] == [tokens for _, _, tokens in expected]
+        assert [h.log_prob for h in hyps] == pytest.approx([lp for _, lp, _ in expected])
+        assert [h.score for h in hyps] == pytest.approx([s for s, _, _ in expected])
+
+
+def test_known_best_sequence_behind_a_greedy_prefix():
+    # Greedy: B (0.7), A (0.45), <eos> (0.6) = 0.189. Best: A (0.3), B (1.0), <eos> (0.9) = 0.27.
+    def table(sentence, prefix):
+        rows = {(): [0.0, 0.0, 0.3, 0.7], (2,): [0.0, 0.0, 0.0, 1.0],
+                (2, 3): [0.0, 0.9, 0.06, 0.04], (3,): [0.0, 0.2, 0.45, 0.35]}
+        return rows.get(prefix, [0.0, 0.6, 0.25, 0.15])
+
+    greedy = run_greedy(table)[0]
+    assert greedy.tokens == [3, 2]
+    assert greedy.log_prob == pytest.approx(math.log(0.7 * 0.45 * 0.6))
+    best = run_beam(table, beam_size=2, n_best=2)[0]
+    assert [h.tokens for h in best] == [[2, 3], [3, 2]]
+    assert [h.log_prob for h in best] == pytest.approx([math.log(0.27), math.log(0.189)])
+
+
+@pytest.mark.parametrize("eos_bias", [0.0, 0.3])  # outputs cut at the limit / ending in <eos>
+def test_attention_travels_with_each_hypothesis(eos_bias):
+    from nlpseq.batching import pad
+    from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(embedding_dim=12, hidden_size=16, dropout=0.0, cell="lstm")
+    model = Seq2Seq(config, 20, 23, pad_id=0, bos_id=2, eos_id=3).eval()
+    with torch.no_grad():
+        model.output.bias[3] += eos_bias
+    source, lengths = pad([[5, 6, 7, 8, 9, 3], [10, 11, 3], [12, 3]], 0)
+    limits = torch.tensor([9, 4, 6])
+    with torch.no_grad():
+        state = model.encode(source, lengths)
+        bos = torch.full((3,), 2)
+        greedy = greedy_search(model.step, model.reorder_state, state, bos, 3, limits,
+                               attention=True)
+        plain = greedy_search(model.step, model.reorder_state, state, bos, 3, limits)
+        beam = beam_search(model.step, model.reorder_state, state, bos, 3, limits, 3, 1.0,
+                           n_best=3, attention=True)
+    assert greedy == plain and plain[0].attention is None
+    for row, hyps in [*enumerate([g] for g in greedy), *enumerate(beam)]:
+        for hyp in hyps:
+            steps = hyp.attention.size(0)  # one per output token, and one for <eos> if any
+            assert steps == len(hyp.tokens) + 1 or steps == len(hyp.tokens) == int(limits[row])
+            # forced decoding of the same output gives the same weights, step by step
+            target = torch.tensor([[2, *hyp.tokens]])
+            with torch.no_grad():
+                forced = model.attention_weights(source[row : row + 1],
+                                                 lengths[row : row + 1], target)[0]
+            assert torch.allclose(hyp.attention, forced[:steps], atol=1e-5)

@@ -8,7 +8,7 @@ are printed or scored, so BLEU and chrF are sacreBLEU's, on detokenized, cased t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 from nlpseq.batching import bucket_batches, pad
 from nlpseq.checkpoint import atomic_path
 from nlpseq.corpora import ParallelData, read_parallel
-from nlpseq.decoding import beam_search, greedy_search, max_target_lengths
+from nlpseq.decoding import Hypothesis, beam_search, greedy_search, max_target_lengths
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import LossCounts, translation_scores
 from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig, TranslationBatch
@@ -36,7 +36,7 @@ class Translation:
 
     text: str
     source_tokens: list[str]  # subwords of the source, then </s>
-    target_tokens: list[str]  # subwords of the output, then </s>
+    target_tokens: list[str]  # subwords of the output, then </s> unless cut at the maximum length
     attention: torch.Tensor  # (len(target_tokens), len(source_tokens)), rows sum to 1
 
 
@@ -182,13 +182,17 @@ class TranslateTask(Task):
 
     # --- decoding ------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(
-        self, model: Seq2Seq, sources: list[list[int]], beam: int = 1
-    ) -> list[list[int]]:
-        """Target ids (no ``<bos>``/``<eos>``) for encoded sources, in input order."""
+    def search(
+        self, model: Seq2Seq, sources: list[list[int]], beam: int = 1, attention: bool = False
+    ) -> list[Hypothesis]:
+        """The best hypothesis for each encoded source, in input order (greedy for beam 1).
+
+        With ``attention`` each carries its weights from the same decode, on the CPU:
+        (steps, source length), one row per output token and one for ``<eos>`` when it ended.
+        """
         model.eval()
         m = self.config.model
-        outputs: list[list[int]] = [[] for _ in sources]
+        found: list[Hypothesis] = [Hypothesis([], 0.0, 0.0)] * len(sources)
         # Beam search decodes beam rows per sentence: keep the rows per batch about constant.
         batch_size = max(1, self.config.eval.batch_size // max(beam, 1))
         for indices in bucket_batches([len(s) for s in sources], batch_size, shuffle=False):
@@ -198,17 +202,24 @@ class TranslateTask(Task):
             bos = torch.full((len(indices),), BOS, dtype=torch.long, device=self.device)
             limits = max_target_lengths(lengths - 1, m.max_length_a, m.max_length_b)
             if beam <= 1:
-                found = greedy_search(model.step, model.reorder_state, state, bos, EOS, limits)
-                tokens = [h.tokens for h in found]
+                best = greedy_search(model.step, model.reorder_state, state, bos, EOS, limits,
+                                     attention=attention)
             else:
-                found = beam_search(
+                best = [hyps[0] for hyps in beam_search(
                     model.step, model.reorder_state, state, bos, EOS, limits, beam_size=beam,
-                    alpha=m.length_penalty,
-                )
-                tokens = [h[0].tokens for h in found]
-            for i, out in zip(indices, tokens):
-                outputs[i] = out
-        return outputs
+                    alpha=m.length_penalty, attention=attention,
+                )]
+            for i, hyp in zip(indices, best):
+                if hyp.attention is not None:  # padding columns of the batch cut off
+                    hyp = replace(hyp, attention=hyp.attention[:, : len(sources[i])].cpu())
+                found[i] = hyp
+        return found
+
+    def decode(
+        self, model: Seq2Seq, sources: list[list[int]], beam: int = 1
+    ) -> list[list[int]]:
+        """Target ids (no ``<bos>``/``<eos>``) for encoded sources, in input order."""
+        return [hyp.tokens for hyp in self.search(model, sources, beam)]
 
     def translate(self, sentences: list[str], beam: int | None = None) -> list[str]:
         """Translate plain-text sentences (``beam`` None = ``eval.beam``); empty in, empty out."""
@@ -221,21 +232,24 @@ class TranslateTask(Task):
             out[i] = self.target_tokenizer.decode(target)
         return out
 
-    @torch.no_grad()
-    def translate_with_attention(self, sentence: str, beam: int | None = None) -> Translation:
-        """Translate one sentence and return the attention behind the translation."""
+    def translate_with_attention(
+        self, sentences: list[str], beam: int | None = None
+    ) -> list[Translation]:
+        """Translate plain-text sentences, each with the attention behind its output, from
+        one decode (``beam`` None = ``eval.beam``); an empty sentence gives an empty result."""
         beam = self.config.eval.beam if beam is None else beam
-        source = self.encode_sources([sentence.strip()])[0]
-        target = self.decode(self.model, [source], beam)[0]
-        src = torch.tensor([source], device=self.device)
-        lengths = torch.tensor([len(source)], device=self.device)
-        inputs = torch.tensor([[BOS, *target]], device=self.device)
-        weights = self.model.attention_weights(src, lengths, inputs)[0].cpu()  # (T+1, S)
-        source_tokens = self.source_tokenizer.tokens(sentence.strip()) + ["</s>"]
-        target_tokens = [self.target_tokenizer.id_to_token(i) or "?" for i in target] + ["</s>"]
-        return Translation(
-            self.target_tokenizer.decode(target), source_tokens, target_tokens, weights
-        )
+        texts = [s.strip() for s in text_list(sentences, "translate_with_attention")]
+        real = [i for i, text in enumerate(texts) if text]
+        sources = self.encode_sources([texts[i] for i in real])
+        out = [Translation("", [], [], torch.zeros(0, 0)) for _ in texts]
+        for i, hyp in zip(real, self.search(self.model, sources, beam, attention=True)):
+            target_tokens = [self.target_tokenizer.id_to_token(t) or "?" for t in hyp.tokens]
+            if hyp.attention.size(0) > len(hyp.tokens):  # it ended with <eos>
+                target_tokens.append("</s>")
+            source_tokens = self.source_tokenizer.tokens(texts[i]) + ["</s>"]
+            text = self.target_tokenizer.decode(hyp.tokens)
+            out[i] = Translation(text, source_tokens, target_tokens, hyp.attention)
+        return out
 
     # --- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
