@@ -102,19 +102,25 @@ def test_nll_is_normalised_and_differentiable():
     assert crf.trans_scores.grad[~crf.trans_allowed].abs().max() == 0
 
 
-@pytest.mark.parametrize("scheme", ["IOB2", "BIOES"])
-def test_constraints_forbid_o_to_inside(scheme):
+@pytest.mark.parametrize("scheme, expected", [
+    ("IOB2", ["B-PER", "I-PER"]), ("BIOES", ["B-PER", "E-PER"])])
+def test_constraints_forbid_o_to_inside(scheme, expected):
     tags = scheme_tags(["PER", "LOC"], scheme)
-    start, trans, end = allowed_transitions(tags, scheme)
-    crf = LinearChainCRF(len(tags), start, trans, end)
-    # emissions strongly prefer O then I-PER; the CRF must not produce that path
+    # Emissions (scores all zero otherwise): O 5, B-PER 3 then I-PER 5, E-PER 4, O 1.
+    # Unconstrained, O I-PER (10) wins. IOB2 forbids it: B-PER I-PER (8) beats O O (6).
+    # BIOES also forbids ending on I-: B-PER E-PER (7) beats O O (6).
     emissions = torch.full((1, 2, len(tags)), -5.0)
     emissions[0, 0, tags.index("O")] = 5.0
+    emissions[0, 0, tags.index("B-PER")] = 3.0
     emissions[0, 1, tags.index("I-PER")] = 5.0
-    path = [tags[i] for i in crf.viterbi(emissions, torch.ones(1, 2, dtype=torch.bool))[0]]
-    assert path[0] != "O" or path[1] != "I-PER"
-    assert "I-" not in path[0]  # no sequence starts inside an entity
-    assert path[-1].split("-")[0] in (("O", "E", "S") if scheme == "BIOES" else ("O", "B", "I"))
+    emissions[0, 1, tags.index("O")] = 1.0
+    if scheme == "BIOES":
+        emissions[0, 1, tags.index("E-PER")] = 4.0
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    free = LinearChainCRF(len(tags))
+    assert [tags[i] for i in free.viterbi(emissions, mask)[0]] == ["O", "I-PER"]
+    crf = LinearChainCRF(len(tags), *allowed_transitions(tags, scheme))
+    assert [tags[i] for i in crf.viterbi(emissions, mask)[0]] == expected
 
 
 def test_bad_mask_shape():

@@ -148,8 +148,19 @@ def test_adversarial_loss_adds_the_loss_at_the_worst_nearby_vectors(freeze):
         random = torch.nn.functional.cross_entropy(
             model.logits(batch.ids, batch.lengths, vectors + noise), batch.labels, reduction="sum")
     assert adversarial > random
+    # The output layer learns from both terms: the clean loss's gradient plus that of the loss
+    # at the shifted vectors, the shift (rebuilt here) held constant.
+    fixed = model.encoder.embed(batch.ids).detach().requires_grad_()
+    clean_again = torch.nn.functional.cross_entropy(
+        model.logits(batch.ids, batch.lengths, fixed), batch.labels, reduction="sum")
+    (towards,) = torch.autograd.grad(clean_again, fixed, retain_graph=True)
+    towards = towards * batch.mask.unsqueeze(-1)
+    shift = 0.5 * towards / towards.flatten(1).norm(dim=1)[:, None, None]
+    shifted = torch.nn.functional.cross_entropy(
+        model.logits(batch.ids, batch.lengths, fixed + shift), batch.labels, reduction="sum")
+    (expected,) = torch.autograd.grad(clean_again + shifted, model.output.weight)
     total.backward()
-    assert model.output.weight.grad is not None
+    torch.testing.assert_close(model.output.weight.grad, expected)
     assert (model.encoder.embedding.weight.grad is None) == freeze
     # Evaluation is unchanged: the plain loss.
     model.eval()

@@ -108,12 +108,23 @@ def test_tied_and_shared_embeddings():
 
 
 def test_teacher_forcing_below_one_trains():
-    model = make_model(teacher_forcing=0.5).train()
+    """The step loop that teacher forcing < 1 runs, fed the reference at every step (a ratio
+    just under one: no draw of this seed picks the model's token), gives the batched
+    teacher-forced loss and gradients; at ratio 0 it feeds the model's own tokens."""
     batch = make_batch(SOURCES, TARGETS)
-    loss, count, _ = model(batch)
-    loss.backward()
-    assert count == batch.num_tokens
-    assert model.encoder.embedding.weight.grad is not None
+    results = []
+    for ratio in (1.0, 1 - 1e-6, 0.0):
+        model = make_model(teacher_forcing=ratio).train()
+        torch.manual_seed(1)
+        loss, count, _ = model(batch)
+        loss.backward()
+        assert count == batch.num_tokens
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (forced, forced_grads), (looped, looped_grads), (own, _) = results
+    torch.testing.assert_close(looped, forced)
+    for got, want in zip(looped_grads, forced_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert abs(float(own) - float(forced)) > 1e-3
 
 
 def test_search_runs_on_the_model():
