@@ -249,7 +249,9 @@ class RunDir:
             return
         if not self.path.is_dir():
             raise NlpseqError("--out must be a folder", self.path)
-        if any(p.name != LOCK for p in self.path.iterdir()) and not self.config.is_file():
+        # what a writer killed before its first file was in place leaves: the lock, temp files
+        debris = {p for p in self.path.iterdir() if p.name == LOCK or _is_temp(p)}
+        if set(self.path.iterdir()) - debris and not self.config.is_file():
             raise NlpseqError("folder is not empty and is not a run directory; choose a new "
                               "or empty folder for --out", self.path)
 
@@ -309,6 +311,10 @@ class RunDir:
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
         return final
+
+
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
