@@ -70,6 +70,8 @@ class DataConfig:
     dev: str = key("", help="development data file for evaluation and model selection")
     text_column: str = key("text", help="column (or JSON key) of the text", tasks=_SENTIMENT)
     label_column: str = key("label", help="column (or JSON key) of the label", tasks=_SENTIMENT)
+    label_names: str = key("", tasks=_SENTIMENT, help="names to print for the labels, e.g. "
+                           "\"0: negative, 1: positive\" (\"\" = the labels as written)")
     tag_column: int = key(-1, help="CoNLL column holding the tag (-1 = the last)", tasks=_NER)
     tag_scheme: Literal["iob1", "iob2", "bioes"] = key(
         "iob1", help="tag scheme the CoNLL files are written in", tasks=_NER)
@@ -417,8 +419,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, dict[st
         if not sep or not dot or not name:
             raise NlpseqError(f"--set {item!r}: expected section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+        except NlpseqError:
             value = raw
         out.setdefault(section, {})[name] = value
     return out
@@ -497,13 +499,53 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise NlpseqError("pipeline file not found", path) from None
     except UnicodeDecodeError as err:
         raise NlpseqError(f"not valid UTF-8 (byte {err.start})", path) from None
+    raw = safe_yaml(text, str(path))
+    return config_from_dict(raw, str(path), overrides, _key_lines(text, str(path)))
+
+
+#: most values a YAML document may expand to through aliases (a pipeline has about a hundred)
+MAX_YAML_NODES = 10_000
+
+
+def safe_yaml(text: str, path: str | None = None) -> Any:
+    """Parse YAML with plain types only (no tags that build Python objects); a document whose
+    aliases would expand to more than :data:`MAX_YAML_NODES` values (an "alias bomb") or that
+    nests too deeply is refused before anything walks it."""
     try:
-        raw = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(node, path)
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise NlpseqError(f"invalid YAML: {getattr(err, 'problem', err)}", path, line) from None
-    return config_from_dict(raw, str(path), overrides, _key_lines(text, str(path)))
+    except RecursionError:
+        raise NlpseqError("invalid YAML: nested too deeply", path) from None
+
+
+def _check_expansion(root: yaml.Node, path: str | None) -> None:
+    """Count the values ``root`` expands to, each alias counted as often as it is used."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a recursive alias counts once
+            children = node.value if isinstance(node, yaml.SequenceNode) else (
+                [n for pair in node.value for n in pair]
+                if isinstance(node, yaml.MappingNode) else [])
+            sizes[id(node)] = min(1 + sum(size(child) for child in children),
+                                  MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    if size(root) > MAX_YAML_NODES:
+        raise NlpseqError(f"YAML expands to more than {MAX_YAML_NODES:,} values through "
+                          "aliases (&anchor/*alias); write the values out", path,
+                          root.start_mark.line + 1)
 
 
 def save_config(config: PipelineConfig, path: str | Path) -> None:

@@ -183,3 +183,15 @@ def test_top_level_train_stays_callable(tmp_path, corpus):
         result = nlpseq.train(pipeline, tmp_path / name)
         assert result.metrics["dev"]["n"] == 8
     assert callable(nlpseq.train)
+
+
+def test_label_names():
+    from nlpseq.tasks.sentiment import label_names
+
+    assert label_names("0: negative, 1: positive", ["0", "1"]) == ["negative", "positive"]
+    assert label_names("1: yes", ["0", "1"]) == ["0", "yes"]
+    assert label_names("", ["neg", "pos"]) == ["neg", "pos"]
+    with pytest.raises(NlpseqError, match="no label '2'"):
+        label_names("2: other", ["0", "1"], "p.yaml")
+    with pytest.raises(NlpseqError, match="is not 'label: name'"):
+        label_names("0 negative", ["0", "1"], "p.yaml")

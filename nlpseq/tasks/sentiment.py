@@ -98,7 +98,7 @@ class SentimentTask(Task):
         log(f"train: {len(self.train_ids)} examples from {train.path}; "
             f"vocabulary {self.trained_vocab_size} trained + "
             f"{self.tokenizer.vocab_size - self.trained_vocab_size} fixed; "
-            f"labels {', '.join(self.labels.labels)}")
+            f"labels {', '.join(self.names)}")
         if data.dev or data.format == "hub":
             dev = self._read(data.dev, data.dev_split)
             self.dev_ids, self.dev_labels = self._encode(dev)
@@ -117,6 +117,12 @@ class SentimentTask(Task):
         self.fixed_vectors = load_fixed_vectors(directory)
         fixed = len(self.fixed_vectors) if self.fixed_vectors is not None else 0
         self.trained_vocab_size = self.tokenizer.vocab_size - fixed
+
+    @property
+    def names(self) -> list[str]:
+        """The labels as printed: ``data.label_names`` where given, else as written."""
+        return label_names(self.config.data.label_names, self.labels.labels,
+                           self.config.source or None)
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
@@ -157,7 +163,7 @@ class SentimentTask(Task):
 
     def _scores(self, model: nn.Module, ids: list[list[int]], gold: list[int]) -> dict[str, Any]:
         probs = self._probabilities(model, ids)
-        counts = ClassificationCounts(self.labels.labels)
+        counts = ClassificationCounts(self.names)
         counts.add(gold, probs.argmax(-1).tolist())
         result = counts.result()
         picked = probs[torch.arange(len(gold)), torch.tensor(gold)].clamp_min(1e-12)
@@ -178,13 +184,29 @@ class SentimentTask(Task):
         """Label and class probabilities for each text."""
         texts = text_list(texts, "predict")
         probs = self._probabilities(self.model, self.tokenizer.encode_batch(texts))
+        names = self.names
         return [
             {
-                "label": self.labels.decode(int(row.argmax())),
-                "probabilities": {lab: float(p) for lab, p in zip(self.labels.labels, row)},
+                "label": names[int(row.argmax())],
+                "probabilities": {name: float(p) for name, p in zip(names, row)},
             }
             for row in probs
         ]
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
         return json.dumps(result) if as_json else result["label"]
+
+
+def label_names(spec: str, labels: list[str], source: str | None = None) -> list[str]:
+    """Display names for ``labels`` from ``"raw: name, raw: name"``; a raw label the model does
+    not know, or a malformed pair, is a one-line error."""
+    names = {}
+    for pair in filter(None, (p.strip() for p in spec.split(","))):
+        raw, colon, name = pair.partition(":")
+        if not colon or not raw.strip() or not name.strip():
+            raise NlpseqError(f"data.label_names: {pair!r} is not 'label: name'", source)
+        if raw.strip() not in labels:
+            raise NlpseqError(f"data.label_names: the data has no label {raw.strip()!r} "
+                              f"(labels: {', '.join(labels)})", source)
+        names[raw.strip()] = name.strip()
+    return [names.get(label, label) for label in labels]
