@@ -166,12 +166,14 @@ def test_cli_predict_conll_and_plain_text(ner_run, tmp_path):
     for block, sentence in zip(blocks, SENTENCES):
         assert block.splitlines() == [f"{w}\t{t}" for w, _, t in sentence]
     plain = "\n".join(" ".join(w for w, _, _ in s) for s in SENTENCES[:2]) + "\n"
+    # plain text is answered in BIO, whatever scheme the training files were written in
     result = invoke("predict", ner_run.run_dir, input=plain)
     assert result.exit_code == 0, result.output
-    assert result.stdout.split("\n\n")[1].splitlines()[0] == "Helio\tI-ORG"
+    assert result.stdout.split("\n\n")[1].splitlines()[:2] == ["Helio\tB-ORG", "Motors\tI-ORG"]
     result = invoke("predict", ner_run.run_dir, "--json", input=plain)
     first = json.loads(result.stdout.splitlines()[0])
-    assert first["tags"][:2] == ["I-PER", "I-PER"] and first["spans"][0] == ["PER", 0, 2]
+    assert first["tags"][:2] == ["B-PER", "I-PER"]
+    assert first["spans"][0] == {"text": "Anna Keller", "type": "PER", "start": 0, "end": 2}
     # --format overrides the guess: the same CoNLL file read as text is one "sentence" per
     # line, each line's columns its words; and plain text read as CoNLL is one sentence.
     as_text = invoke("predict", ner_run.run_dir, "--input", ner_run.corpus, "--format", "text")

@@ -225,9 +225,8 @@ class NerTask(Task):
         self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
         self.char_tokenizer = TextTokenizer.load(directory / CHARS)
         self.tags = LabelVocab.load(directory / TAGS)
-        self.fixed_vectors = load_fixed_vectors(directory)
-        fixed = len(self.fixed_vectors) if self.fixed_vectors is not None else 0
-        self.trained_vocab_size = self.tokenizer.vocab_size - fixed
+        self.fixed_vectors, self.trained_vocab_size = load_fixed_vectors(
+            directory, self.tokenizer.vocab_size)
 
     def build_model(self, log: Log, pretrained: bool = True) -> nn.Module:
         m, emb = self.config.model, self.config.embeddings
@@ -321,10 +320,13 @@ class NerTask(Task):
                 out[i] = row
         return out
 
-    def read_input(self, lines: Iterator[str], input_format: str = "auto") -> Iterator[list[str]]:
-        """Sentences from CoNLL input (tokens in the first column, blank lines between
-        sentences) or plain text (one whitespace-tokenised sentence a line); ``input_format``
-        is ``conll``, ``text`` or ``auto`` (judged from the first 200 lines)."""
+    def read_input(self, lines: Iterator[str],
+                   input_format: str = "auto") -> Iterator[tuple[list[str], str]]:
+        """Sentences, each with the tag scheme to answer in: CoNLL input (tokens in the first
+        column, blank lines between sentences) keeps the training data's scheme; plain text
+        (one whitespace-tokenised sentence a line) is answered in BIO (IOB2), what a reader
+        expects. ``input_format`` is ``conll``, ``text`` or ``auto`` (judged from the first
+        200 lines)."""
         if input_format not in ("auto", "conll", "text"):
             raise ValueError(f"unknown input format {input_format!r}")
         head = list(itertools.islice(lines, 200))
@@ -337,15 +339,19 @@ class NerTask(Task):
             # Column counts are checked as in training data; tags, if present, are ignored.
             data = parse_conll(numbered, "input", self.config.data.tag_column,
                                require_tags=False)
-            return iter(data.tokens)
-        return (line.split() for _, line in numbered)
+            return ((tokens, self.data_scheme) for tokens in data.tokens)
+        return ((line.split(), "IOB2") for _, line in numbered)
 
-    def predict_records(self, sentences: list[list[str]]) -> list[dict[str, Any]]:
-        return [
-            {"tokens": words, "tags": tags,
-             "spans": [list(s) for s in tags_to_spans(tags, self.data_scheme)]}
-            for words, tags in zip(sentences, self._predict_tokens(sentences))
-        ]
+    def predict_records(self, items: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
+        """Tokens, tags in the item's scheme and entity spans (token offsets, end exclusive)."""
+        sentences = [tokens for tokens, _ in items]
+        records = []
+        for (words, scheme), tags in zip(items, self._predict_tokens(sentences)):
+            spans = [{"text": " ".join(words[start:end]), "type": kind, "start": start,
+                      "end": end} for kind, start, end in tags_to_spans(tags, self.data_scheme)]
+            tags = convert_tags(tags, self.data_scheme, scheme)
+            records.append({"tokens": words, "tags": tags, "spans": spans})
+        return records
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
         """``token<TAB>tag`` lines and a blank line after the sentence, or one JSON object."""
