@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from nlpseq import checkpoint as ckpt
 
 
+@pytest.mark.heavy  # two torchrun ranks: 15-20 s each
 @pytest.mark.parametrize("lazy", [False, True])  # True: sparse embedding gradients
 def test_two_ranks_end_with_identical_weights(tmp_path, corpus, lazy):
     pipeline = write_pipeline(tmp_path, "sentiment", corpus,

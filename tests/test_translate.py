@@ -49,6 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "run"
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_overfits_twenty_pairs_and_translates_them_back_exactly(trained: Path):
     task = nlpseq.load(trained)
     sources = [s for s, _ in PAIRS]
@@ -71,6 +72,7 @@ def test_separate_vocabularies_and_lstm_bahdanau(tmp_path: Path):
     assert len(outputs) == 2 and outputs[1] == ""
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_empty_lines_and_unseen_characters(trained: Path):
     task = nlpseq.load(trained)
     outputs = task.translate(["", "The dog is eating.", "   ", "Zebra ☃ ∑ läuft?"], beam=3)
@@ -82,6 +84,7 @@ def test_empty_lines_and_unseen_characters(trained: Path):
     assert not any(special in outputs[3] for special in ("<pad>", "<unk>", "<bos>", "<eos>"))
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_cli_translate_keeps_line_count_and_writes_heat_map(trained: Path, tmp_path: Path):
     source = tmp_path / "in.txt"
     source.write_text("The cat is singing.\n\nThe child is sleeping.\n", encoding="utf-8")
@@ -97,6 +100,7 @@ def test_cli_translate_keeps_line_count_and_writes_heat_map(trained: Path, tmp_p
     assert piped.exit_code == 0 and piped.output == "Der Mann isst.\n"
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_cli_translate_bad_input_is_a_one_line_error(trained: Path, tmp_path: Path):
     bad = invoke("translate", trained, input=b"The man.\nbad \xff byte\n")
     assert bad.exit_code == 1 and "<stdin>:2: invalid UTF-8" in bad.stderr, bad.output
@@ -109,6 +113,7 @@ def test_cli_translate_bad_input_is_a_one_line_error(trained: Path, tmp_path: Pa
         nlpseq.load(trained).translate("The man is eating.")
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_cli_evaluate_json(trained: Path, tmp_path: Path):
     src, tgt = write_parallel(tmp_path, PAIRS[:6], gz=True)
     result = invoke("evaluate", trained, src, tgt, "--json")
@@ -120,6 +125,7 @@ def test_cli_evaluate_json(trained: Path, tmp_path: Path):
     assert metrics["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
 
 
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_mismatched_files_are_a_one_line_error(trained: Path, tmp_path: Path):
     src, _ = write_parallel(tmp_path, PAIRS[:6])
     short = tmp_path / "short.de"
