@@ -98,30 +98,47 @@ def test_validate_tag():
         validate_tag("O", "IOB3")
 
 
-def test_allowed_transitions():
-    tags = scheme_tags(["PER", "LOC"], "BIOES")
-    start, trans, end = allowed_transitions(tags, "BIOES")
-    i = tags.index
-    assert not trans[i("O"), i("I-PER")] and not trans[i("O"), i("E-PER")]
-    assert not trans[i("B-PER"), i("I-LOC")] and not trans[i("B-PER"), i("O")]
-    assert trans[i("B-PER"), i("E-PER")] and trans[i("E-PER"), i("B-PER")]
-    assert trans[i("S-PER"), i("S-LOC")] and not trans[i("S-PER"), i("E-PER")]
-    assert start.tolist() == [t[0] in "OBS" for t in tags]
-    assert end.tolist() == [t[0] in "OES" for t in tags]
+# Every allowed transition by hand, for the types PER and LOC: (tags, matrix with rows the
+# previous tag and columns the next, allowed starts, allowed ends); 1 = allowed.
+TRANSITIONS = {
+    # O B-PER I-PER B-LOC I-LOC: I-X only continues an X entity
+    "IOB2": ("O B-PER I-PER B-LOC I-LOC", """
+        1 1 0 1 0
+        1 1 1 1 0
+        1 1 1 1 0
+        1 1 0 1 1
+        1 1 0 1 1""", "1 1 0 1 0", "1 1 1 1 1"),
+    # IOB1: B-X only directly after an X entity (never at the start); I-X anywhere
+    "IOB1": ("O B-PER I-PER B-LOC I-LOC", """
+        1 0 1 0 1
+        1 1 1 0 1
+        1 1 1 0 1
+        1 0 1 1 1
+        1 0 1 1 1""", "1 0 1 0 1", "1 1 1 1 1"),
+    # BIOES: after B-X or I-X only I-X or E-X; after O, E-, S- only O, B-, S-
+    "BIOES": ("O B-PER I-PER E-PER S-PER B-LOC I-LOC E-LOC S-LOC", """
+        1 1 0 0 1 1 0 0 1
+        0 0 1 1 0 0 0 0 0
+        0 0 1 1 0 0 0 0 0
+        1 1 0 0 1 1 0 0 1
+        1 1 0 0 1 1 0 0 1
+        0 0 0 0 0 0 1 1 0
+        0 0 0 0 0 0 1 1 0
+        1 1 0 0 1 1 0 0 1
+        1 1 0 0 1 1 0 0 1""", "1 1 0 0 1 1 0 0 1", "1 0 0 1 1 0 0 1 1"),
+}
 
-    tags = scheme_tags(["PER", "LOC"], "IOB2")
-    start, trans, end = allowed_transitions(tags, "IOB2")
-    i = tags.index
-    assert not trans[i("O"), i("I-PER")] and not trans[i("I-LOC"), i("I-PER")]
-    assert trans[i("B-PER"), i("I-PER")] and trans[i("I-PER"), i("I-PER")]
-    assert not start[i("I-PER")] and end.all()
 
-    tags = scheme_tags(["PER", "LOC"], "IOB1")
-    start, trans, end = allowed_transitions(tags, "IOB1")
-    i = tags.index
-    assert trans[i("O"), i("I-PER")] and trans[i("I-LOC"), i("I-PER")]
-    assert trans[i("I-PER"), i("B-PER")] and not trans[i("O"), i("B-PER")]
-    assert not trans[i("I-LOC"), i("B-PER")] and not start[i("B-PER")]
+@pytest.mark.parametrize("scheme", sorted(TRANSITIONS))
+def test_allowed_transitions(scheme):
+    names, matrix, starts, ends = TRANSITIONS[scheme]
+    tags = scheme_tags(["PER", "LOC"], scheme)
+    assert tags == names.split()
+    start, trans, end = allowed_transitions(tags, scheme)
+    assert trans.int().tolist() == [[int(x) for x in row.split()]
+                                    for row in matrix.strip().splitlines()]
+    assert start.int().tolist() == [int(x) for x in starts.split()]
+    assert end.int().tolist() == [int(x) for x in ends.split()]
 
 
 def test_span_f1_hand_counted():
