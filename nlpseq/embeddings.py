@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -87,12 +88,24 @@ def _locate_bad_row(path: Path, header: bool = False) -> tuple[int, str]:
     return 0, "cannot parse the vectors"
 
 
+#: environment variable that must be 1 before gensim-data models are downloaded
+GENSIM_DATA_OPT_IN = "NLPSEQ_ALLOW_GENSIM_DATA"
+
+
 def load_vectors(path: str, fmt: str):
     """Load gensim ``KeyedVectors`` (GloVe/word2vec text or binary, fastText ``.bin``)."""
     from gensim.models import KeyedVectors  # heavy: only when embeddings are used
 
     if fmt == "gensim-data":
         import socket
+
+        # gensim's downloader imports the Python module that comes with each model
+        if os.environ.get(GENSIM_DATA_OPT_IN) != "1":
+            raise NlpseqError(
+                f"embeddings.format gensim-data downloads {path!r} and runs the Python code "
+                f"that comes with it; set {GENSIM_DATA_OPT_IN}=1 to allow that, or give "
+                "embeddings.path a local vectors file"
+            )
 
         try:
             socket.create_connection(("github.com", 443), timeout=5).close()
@@ -278,14 +291,16 @@ def save_fixed_vectors(directory: Path, fixed: torch.Tensor | None) -> None:
             save_file({"fixed": fixed.detach().contiguous().cpu()}, tmp)
 
 
-def load_fixed_vectors(directory: Path) -> torch.Tensor | None:
-    """The fixed rows :func:`save_fixed_vectors` wrote, or None."""
+def load_fixed_vectors(directory: Path, vocab_size: int) -> tuple[torch.Tensor | None, int]:
+    """The fixed rows :func:`save_fixed_vectors` wrote (or None) and, for a vocabulary of
+    ``vocab_size`` ids, the number of trained ids before them."""
     from safetensors.torch import load_file
 
     path = Path(directory) / FIXED_VECTORS
     if not path.is_file():
-        return None
+        return None, vocab_size
     try:
-        return load_file(str(path))["fixed"]
+        fixed = load_file(str(path))["fixed"]
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise NlpseqError(f"cannot read the fixed pretrained vectors: {err}", path) from None
+    return fixed, vocab_size - len(fixed)

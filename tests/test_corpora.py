@@ -161,8 +161,9 @@ def test_hub_dataset_fails_fast_offline(monkeypatch):
 def test_gensim_data_fails_fast_offline(monkeypatch):
     import socket
 
-    from nlpseq.embeddings import load_vectors
+    from nlpseq.embeddings import GENSIM_DATA_OPT_IN, load_vectors
 
+    monkeypatch.setenv(GENSIM_DATA_OPT_IN, "1")
     monkeypatch.setattr(socket, "create_connection",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
     with pytest.raises(NlpseqError, match="offline"):

@@ -193,7 +193,8 @@ def test_fixed_rows_for_words_outside_the_training_vocabulary(tmp_path, glove_fi
     assert tokenizer.encode("Film film xyz") == [trained_words.index("Film"), trained_size,
                                                  trained_words.index("xyz")]
     save_fixed_vectors(tmp_path, fixed)
-    assert torch.equal(load_fixed_vectors(tmp_path), fixed)
+    loaded, size = load_fixed_vectors(tmp_path, tokenizer.vocab_size)
+    assert torch.equal(loaded, fixed) and size == trained_size
 
 
 def test_no_vectors_file_no_fixed_rows(tmp_path):
@@ -203,9 +204,9 @@ def test_no_vectors_file_no_fixed_rows(tmp_path):
     assert trained_size == tokenizer.vocab_size
     assert initial_vectors(EmbeddingsConfig(), tokenizer.vocabulary(), trained_size, 3, 0) == \
         (None, None)
-    assert load_fixed_vectors(tmp_path) is None
+    assert load_fixed_vectors(tmp_path, 7) == (None, 7)
     save_fixed_vectors(tmp_path, None)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "vectors.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(NlpseqError, match="cannot read the fixed pretrained vectors"):
-        load_fixed_vectors(tmp_path)
+        load_fixed_vectors(tmp_path, 7)

@@ -114,9 +114,8 @@ class SentimentTask(Task):
     def load_artifacts(self, directory: Path) -> None:
         self.tokenizer = TextTokenizer.load(directory / TOKENIZER)
         self.labels = LabelVocab.load(directory / LABELS)
-        self.fixed_vectors = load_fixed_vectors(directory)
-        fixed = len(self.fixed_vectors) if self.fixed_vectors is not None else 0
-        self.trained_vocab_size = self.tokenizer.vocab_size - fixed
+        self.fixed_vectors, self.trained_vocab_size = load_fixed_vectors(
+            directory, self.tokenizer.vocab_size)
 
     @property
     def names(self) -> list[str]:
