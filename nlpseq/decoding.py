@@ -272,13 +272,14 @@ class GreedySearch(DecodeStrategy):
         batch, device = max_lengths.size(0), max_lengths.device
         self.eos_id, self.keep_attention = eos_id, attention
         self.sampler = sampler if sampler is not None and sampler.temperature > 0 else None
-        self.limits = max_lengths
-        self.active = torch.arange(batch, device=device)  # original row of each row
+        self.limits = max_lengths  # (N,) of the rows still decoding
+        self.active = torch.arange(batch, device=device)  # (N,) original row of each row
+        self.rows: Tensor | slice = slice(None)  # buffer rows of self.active (all at first)
         self.length = 0  # steps taken
         width = max(1, int(max_lengths.max())) if batch else 0
-        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)
-        self.log_probs = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)  # (B, L)
         self.attention: Tensor | None = None  # (B, L, S) once a step gives attention
+        self.log_probs = torch.zeros(batch, dtype=torch.float64, device=device)  # (N,)
         self.hypotheses: list[Hypothesis] = [Hypothesis([], 0.0, 0.0)] * batch
         self.done = batch == 0
 
@@ -289,15 +290,15 @@ class GreedySearch(DecodeStrategy):
         else:
             tokens = self.sampler(scores)  # (N,)
             best = scores.float().gather(1, tokens.unsqueeze(1)).squeeze(1)
-        self.tokens[self.active, self.length] = tokens
-        self.log_probs[self.active] += best.double()
+        self.tokens[self.rows, self.length] = tokens
+        self.log_probs.add_(best)  # float64 sums of the float32 scores
         if self.keep_attention and attention is not None:
             if self.attention is None:
                 shape = (self.tokens.size(0), self.tokens.size(1), attention.size(-1))
-                self.attention = attention.new_zeros(shape)
-            self.attention[self.active, self.length] = attention.float()
+                self.attention = attention.new_zeros(shape, dtype=torch.float32)
+            self.attention[self.rows, self.length] = attention.float()
         self.length += 1
-        self.is_finished = self.limits[self.active] <= self.length  # (N,)
+        self.is_finished = self.limits <= self.length  # (N,)
         if self.eos_id is not None:
             self.is_finished |= tokens == self.eos_id
         self.current_tokens = tokens
@@ -305,17 +306,18 @@ class GreedySearch(DecodeStrategy):
 
     def update_finished(self) -> None:
         """Store the finished rows' hypotheses and keep the other rows."""
-        for row in self.active[self.is_finished].tolist():
+        finished = self.is_finished.nonzero().squeeze(1).tolist()
+        for index, row in zip(finished, self.active[finished].tolist()):
             tokens = self.tokens[row, : self.length].tolist()
             attention = self.attention[row, : self.length] if self.attention is not None else None
             if tokens and tokens[-1] == self.eos_id:
                 tokens.pop()
-            log_prob = float(self.log_probs[row])
+            log_prob = float(self.log_probs[index])
             self.hypotheses[row] = Hypothesis(tokens, log_prob, log_prob, attention)
         keep = (~self.is_finished).nonzero().squeeze(1)  # (N',)
-        self.active = self.active[keep]
-        self.current_tokens = self.current_tokens[keep]
-        self.is_finished = self.is_finished[keep]
+        for name in ("active", "limits", "log_probs", "current_tokens", "is_finished"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.rows = self.active
         self.select_indices = keep
         self.done = keep.numel() == 0
 
