@@ -163,7 +163,7 @@ class DecodeStrategy:
     start_indices: Tensor | None = None
     current_tokens: Tensor  # (N,) long: the tokens chosen for the rows still decoding
     select_indices: Tensor | None = None  # (N,) long: the previous row each row continues
-    is_finished: Tensor  # (N,) bool: rows whose decoding ended at the last select
+    is_finished: Tensor  # bool: the rows (beam search: sentences) that ended at the last select
     done: bool = False
 
     def select(self, scores: Tensor, attention: Tensor | None = None) -> None:
@@ -230,6 +230,7 @@ def decode(
 
 
 def _reorder(reorder_state: ReorderFn | None, state: State, index: Tensor) -> State:
+    """``reorder_state(state, index)``, refused when the caller gave none."""
     if reorder_state is None:
         raise ValueError("this decoding reorders rows of the state: pass reorder_state")
     return reorder_state(state, index)
