@@ -34,11 +34,11 @@ def last_inputs(config: ForecasterConfig, series: SeriesSet):
     return windows.batch(torch.arange(len(windows)))
 
 
-@pytest.mark.parametrize("decoder", ["direct", "recurrent"])
-def test_overfits_a_periodic_series_and_forecasts_its_continuation(decoder):
+@pytest.mark.parametrize(("decoder", "patch"), [("direct", 1), ("recurrent", 1), ("direct", 6)])
+def test_overfits_a_periodic_series_and_forecasts_its_continuation(decoder, patch):
     torch.manual_seed(0)
     config = ForecasterConfig(hidden_size=32, input_length=12, horizon=6, skip="none",
-                              decoder=decoder)
+                              decoder=decoder, patch=patch)
     model = Forecaster(config, n_series=1)
     train = SeriesSet.from_arrays(["s"], [PERIODIC[:60]])
     assert fit(model, Windows(train, config.window_spec()), steps=400, lr=0.03) < 0.03
@@ -113,10 +113,11 @@ def test_horizon_beyond_training_needs_a_recurrent_decoder():
 
 
 @pytest.mark.parametrize("decoder", ["direct", "recurrent"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_position_and_series_features_train(decoder, cell):
+@pytest.mark.parametrize(("cell", "patch"), [("lstm", 1), ("gru", 1), ("lstm", 4)])
+def test_position_and_series_features_train(decoder, cell, patch):
     torch.manual_seed(0)
     config = ForecasterConfig(cell=cell, hidden_size=8, layers=2, dropout=0.1, input_length=8,
+                              patch=patch,
                               horizon=4, season=4, position_dim=3, series_dim=2,
                               decoder=decoder, skip="none")  # zero-initialised with a skip
     model = Forecaster(config, n_series=2)
@@ -141,3 +142,5 @@ def test_config_is_checked():
         ForecasterConfig(position_dim=4)
     with pytest.raises(ValueError, match="unknown normalisation"):
         ForecasterConfig(normalise="log")
+    with pytest.raises(ValueError, match="patch 5 does not divide input_length 48"):
+        ForecasterConfig(patch=5)

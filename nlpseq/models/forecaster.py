@@ -27,6 +27,8 @@ class ForecasterConfig:
     layers: int = 1  # stacked encoder layers
     dropout: float = 0.0  # between stacked layers and on the encoder's summary
     input_length: int = 48  # values the encoder reads before each forecast
+    patch: int = 1  # values per encoder step (24 on hourly data: one day a step, 24x fewer
+    # recurrent steps); divides input_length
     horizon: int = 24  # values forecast from each window (training and validation)
     stride: int = 1  # training windows: distance between the ends of consecutive windows
     season: int = 1  # seasonal period m (24 for hourly data); 1: none
@@ -48,6 +50,9 @@ class ForecasterConfig:
             raise ValueError(f"quantiles {self.quantiles} must lie in (0, 1) and include 0.5")
         if self.position_dim and self.season <= 1:
             raise ValueError("position_dim needs a seasonal period (season > 1)")
+        if self.patch < 1 or self.input_length % self.patch:
+            raise ValueError(f"patch {self.patch} does not divide input_length "
+                             f"{self.input_length}")
 
     def window_spec(self, horizon: int | None = None) -> WindowSpec:
         """The windows this model reads; ``horizon`` overrides the trained one (0: inputs only)."""
@@ -72,7 +77,7 @@ class Forecaster(nn.Module):
         self.position = nn.Embedding(c.season, c.position_dim) if c.position_dim else None
         self.series_embedding = nn.Embedding(n_series, c.series_dim) if c.series_dim else None
         rnn = nn.LSTM if c.cell == "lstm" else nn.GRU
-        self.encoder = rnn(1 + c.position_dim, c.hidden_size, c.layers, batch_first=True,
+        self.encoder = rnn(c.patch + c.position_dim, c.hidden_size, c.layers, batch_first=True,
                            dropout=c.dropout if c.layers > 1 else 0.0)
         self.dropout = nn.Dropout(c.dropout)
         summary = c.hidden_size + c.series_dim
@@ -116,12 +121,13 @@ class Forecaster(nn.Module):
         if c.decoder == "direct" and horizon > c.horizon:
             raise ValueError(f"horizon {horizon} is longer than the model's {c.horizon} "
                              "(a recurrent decoder can forecast further)")
-        inputs = batch.inputs.unsqueeze(-1)  # (B, L, 1)
+        inputs = batch.inputs.view(len(batch), -1, c.patch)  # (B, L / patch, patch)
         steps = torch.arange(c.input_length + horizon, device=inputs.device)
         phase = (batch.phase.unsqueeze(1) + steps) % c.season  # (B, L + H)
         if self.position is not None:
-            inputs = torch.cat([inputs, self.position(phase[:, : c.input_length])], dim=-1)
-        encoded, state = self.encoder(inputs)  # (B, L, D)
+            first = phase[:, : c.input_length : c.patch]  # (B, L / patch): each step's start
+            inputs = torch.cat([inputs, self.position(first)], dim=-1)
+        encoded, state = self.encoder(inputs)  # (B, L / patch, D)
         summary = self.dropout(encoded[:, -1])  # (B, D)
         embedding = self._series_embedding(batch.series)  # (B, S) or None
         if embedding is not None:
