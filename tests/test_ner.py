@@ -260,6 +260,20 @@ def test_fixed_pretrained_vectors_reach_unseen_words(tmp_path, glove_file):
     assert torch.equal(encoder.fixed_vectors, result.task.model.encoder.fixed_vectors)
 
 
+@pytest.mark.parametrize("extend, rows", [(0, 0), (2, 1)])
+def test_extend_vocab_counts_fixed_words_when_frozen_vectors_is_off(tmp_path, glove_file,
+                                                                    extend, rows):
+    # model.frozen_vectors means the whole file; off, embeddings.extend_vocab says how many
+    # of its first words join ("the", "film": only "film" is new)
+    config = load_config(ner_pipeline(tmp_path, {
+        "train.epochs": 1, "model.frozen_vectors": False, "embeddings.extend_vocab": extend},
+        glove=glove_file))
+    result = train(config, tmp_path / "run", log=lambda _m: None, progress=False)
+    fixed = result.task.model.encoder.fixed_vectors
+    assert (0 if fixed is None else len(fixed)) == rows
+    assert (tmp_path / "run" / "vectors.safetensors").is_file() == bool(rows)
+
+
 def test_demo_pipeline_trains_and_serves(tmp_path, monkeypatch):
     """pipelines/ner.yaml on the bundled corpus, shortened; then evaluate and predict."""
     root = Path(__file__).resolve().parent.parent
