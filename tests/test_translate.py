@@ -10,6 +10,7 @@ import pytest
 from helpers import invoke, write_pipeline
 
 import nlpseq
+from nlpseq import checkpoint as ckpt
 from nlpseq.config import load_config
 from nlpseq.corpora import read_parallel
 from nlpseq.errors import NlpseqError
@@ -56,7 +57,7 @@ def test_overfits_twenty_pairs_and_translates_them_back_exactly(trained: Path):
     references = [t for _, t in PAIRS]
     assert task.translate(sources, beam=5) == references
     assert task.translate(sources, beam=1) == references
-    history = [json.loads(line) for line in (trained / "history.jsonl").read_text().splitlines()]
+    history = ckpt.RunDir(trained).history()
     assert {"bleu", "chrf", "loss", "perplexity"} <= set(history[-1])
 
 
