@@ -196,3 +196,19 @@ def test_dropout_mask_is_a_function_of_seed_and_position(p):
         # The four draws that share one hash are not correlated with each other.
         lanes = (flat[:7004] == 0).float().view(-1, 4)
         assert abs(lanes[:, 0].mul(lanes[:, 1]).mean().item() - p * p) < 0.03
+
+
+@pytest.mark.parametrize("ci, code, message", [
+    ("", 0, "SKIPPED [1] tests/conftest.py:"),
+    ("true", 1, "native kernels unavailable under CI: NLPSEQ_NATIVE=0 turns them off"),
+])
+def test_a_missing_kernel_skips_with_the_reason_or_fails_under_ci(ci, code, message):
+    """The conftest policy, seen from a fresh pytest process where the kernels are off."""
+    test = f"{__file__}::test_activations_are_exact_to_float_precision"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+        env={**os.environ, "NLPSEQ_NATIVE": "0", "CI": ci}, capture_output=True, text=True,
+    )
+    assert done.returncode == code, done.stdout[-3000:]
+    assert message in done.stdout, done.stdout[-3000:]
+    assert "NLPSEQ_NATIVE=0 turns them off" in done.stdout
