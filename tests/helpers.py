@@ -111,8 +111,11 @@ def write_pipeline(
     pipeline = copy.deepcopy(PIPELINES[task])
     pipeline["data"].update({key: str(value) for key, value in data.items()})
     for dotted, value in (settings or {}).items():
-        section, key = dotted.split(".", 1)
-        pipeline.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+        *sections, key = dotted.split(".")
+        table = pipeline
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[key] = str(value) if isinstance(value, Path) else value
     path = directory / (name or f"{task}.yaml")
     path.write_text(yaml.safe_dump(pipeline, sort_keys=False), encoding="utf-8")
     return path
