@@ -260,5 +260,51 @@ def plot(run_dirs: tuple[str, ...], out_file: str | None) -> None:
     click.echo(curves_png(run_dirs, out_file))
 
 
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Study folder: one run directory per trial (trial-NNNN), trials.csv, "
+                   "best.yaml, plots and (without --storage) the study database study.db.")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Stop once the study has this many completed or pruned trials, counting "
+                   "earlier runs of the command and other processes.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Wall-clock budget of this search; no trial starts that would not fit.")
+@click.option("--trial-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Training budget of each trial (train.max_minutes) [default: the "
+                   "pipeline's].")
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage URL shared by processes or machines, e.g. "
+                   "postgresql://user:pw@host/db [default: sqlite:///OUT/study.db].")
+@click.option("--study-name", default=None,
+              help="The study's name in the storage [default: the pipeline file's stem].")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
+              help="Read the search space from this file instead of the pipeline's tune "
+                   "section.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a pipeline value for every trial (repeatable).")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the TPE sampler [default: the pipeline's train.seed].")
+@click.option("--quiet", is_flag=True, help="One line per trial, no training log.")
+def tune(pipeline: str, out_dir: str, trials: int | None, minutes: float | None,
+         trial_minutes: float | None, storage: str | None, study_name: str | None,
+         space_file: str | None, overrides: tuple[str, ...], seed: int | None,
+         quiet: bool) -> None:
+    """Search PIPELINE's hyperparameters (its tune section) with Optuna; prints the best
+    trial as JSON. Run the same command again to continue a stopped search."""
+    import os
+
+    import nlpseq
+    from nlpseq.tuning import BEST, best_trial
+
+    study = nlpseq.tune(pipeline, out_dir, trials, minutes, storage, overrides,
+                        trial_minutes=trial_minutes, space=space_file, seed=seed,
+                        study_name=study_name, quiet=quiet)
+    best = best_trial(study)
+    if best is not None:
+        click.echo(json.dumps({"trial": best.number, "value": best.value,
+                               "params": best.params, "best_yaml": os.path.join(out_dir, BEST)}))
+
+
 if __name__ == "__main__":
     main()
