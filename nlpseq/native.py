@@ -14,6 +14,7 @@ Not ``torch.utils.cpp_extension.load``: its build lock is a bare file, so a buil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -23,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -119,6 +121,21 @@ def load() -> bool:
                 stacklevel=2,
             )
     return _state["ok"]
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Inside, the models run torch's own kernels (as with ``NLPSEQ_NATIVE=0``): what an
+    ONNX export traces must be plain torch operators."""
+    saved = _state.get("ok")
+    _state["ok"] = False
+    try:
+        yield
+    finally:
+        if saved is None:
+            _state.pop("ok", None)
+        else:
+            _state["ok"] = saved
 
 
 def bf16_native(device_type: str) -> bool:

@@ -183,6 +183,9 @@ class RecurrentEncoder(nn.Module):
         for index, rnn in enumerate(self.layers):
             if index > 0:
                 x = self.dropout(x)
+            if getattr(rnn, "runs_padded", False):  # takes lengths (nlpseq.backends, int8)
+                x, final = rnn(x, lengths), None  # (B, T, D), zeros at padding
+                continue
             if native.usable(rnn, x):
                 x, final = native.lstm_layer(rnn, x, lengths)  # (B, T, D), (B, D)
                 continue
