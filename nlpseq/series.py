@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from nlpseq.corpora import read_lines
 from nlpseq.errors import NlpseqError
 
 LAYOUTS = ("auto", "m4", "long", "column")
-NORMALISATIONS = ("mean", "last", "zscore", "none")
+Normalisation = Literal["mean", "last", "zscore", "none"]
+NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
 #: cells read as a missing value (pandas writes NaN as an empty cell, R writes NA)
 MISSING = frozenset({"", "na", "nan", "null", "none"})
 
@@ -317,7 +319,7 @@ class WindowSpec:
     horizon: int
     stride: int = 1  # distance between the ends of consecutive windows of a series
     season: int = 1  # seasonal period m (24 for hourly data); 1: none
-    normalise: str = "mean"  # per-window scaling from the input values only: NORMALISATIONS
+    normalise: Normalisation = "mean"  # per-window scaling from the input values only
 
     def __post_init__(self) -> None:
         if self.input_length < 1 or self.horizon < 0 or self.stride < 1 or self.season < 1:

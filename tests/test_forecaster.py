@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nlpseq.errors import NlpseqError
 from nlpseq.models.forecaster import Forecaster, ForecasterConfig
 from nlpseq.series import SeriesSet, Windows, seasonal_naive
 
@@ -82,7 +83,7 @@ def test_smape_loss_is_summed_on_the_series_scale():
 def test_quantiles_pinball_loss_and_order():
     torch.manual_seed(0)
     config = ForecasterConfig(hidden_size=8, input_length=6, horizon=3,
-                              quantiles=(0.9, 0.1, 0.5))
+                              quantiles="0.9, 0.1,0.5")
     model = Forecaster(config, n_series=1)
     assert config.levels == (0.1, 0.5, 0.9)
     data = SeriesSet.from_arrays(["a"], [np.random.default_rng(2).uniform(1, 9, 40)])
@@ -135,12 +136,16 @@ def test_position_and_series_features_train(decoder, cell, patch):
     assert model.forecast(batch).shape == (2, 4, 1)
 
 
-def test_config_is_checked():
-    with pytest.raises(ValueError, match="include 0.5"):
-        ForecasterConfig(quantiles=(0.1, 0.9))
-    with pytest.raises(ValueError, match="season > 1"):
-        ForecasterConfig(position_dim=4)
-    with pytest.raises(ValueError, match="unknown normalisation"):
-        ForecasterConfig(normalise="log")
-    with pytest.raises(ValueError, match="patch 5 does not divide input_length 48"):
-        ForecasterConfig(patch=5)
+@pytest.mark.parametrize(("options", "message"), [
+    ({"quantiles": "0.1, 0.9"}, "model.quantiles '0.1, 0.9': levels in (0, 1), separated by "
+                                "commas, including 0.5"),
+    ({"quantiles": "0.5, 1.5"}, "including 0.5"),
+    ({"quantiles": "0.5; 0.9"}, "including 0.5"),
+    ({"position_dim": 4}, "model.position_dim needs a seasonal period (model.season > 1)"),
+    ({"normalise": "log"}, "model.normalise 'log' is not one of mean, last, zscore, none"),
+    ({"patch": 5}, "model.patch 5 does not divide model.input_length 48"),
+])
+def test_config_is_checked(options, message):
+    with pytest.raises(NlpseqError) as err:
+        ForecasterConfig(**options)
+    assert message in str(err.value)

@@ -15,44 +15,53 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nlpseq.series import NORMALISATIONS, WindowBatch, WindowSpec
+from nlpseq.config import key
+from nlpseq.errors import NlpseqError
+from nlpseq.series import NORMALISATIONS, Normalisation, WindowBatch, WindowSpec
 
 
 @dataclass(frozen=True)
 class ForecasterConfig:
     """The forecaster and the windows it reads (the ``model`` section of forecast pipelines)."""
 
-    cell: Literal["lstm", "gru"] = "lstm"  # recurrent cell of encoder and decoder
-    hidden_size: int = 64  # units of each recurrent layer
-    layers: int = 1  # stacked encoder layers
-    dropout: float = 0.0  # between stacked layers and on the encoder's summary
-    input_length: int = 48  # values the encoder reads before each forecast
-    patch: int = 1  # values per encoder step (24 on hourly data: one day a step, 24x fewer
-    # recurrent steps); divides input_length
-    horizon: int = 24  # values forecast from each window (training and validation)
-    stride: int = 1  # training windows: distance between the ends of consecutive windows
-    season: int = 1  # seasonal period m (24 for hourly data); 1: none
-    normalise: str = "mean"  # per-window scaling from the input values only: series.NORMALISATIONS
-    decoder: Literal["direct", "recurrent"] = "direct"  # direct: one layer emits every step;
-    # recurrent: an RNN steps through the future, so any horizon can be asked for
-    position_dim: int = 0  # size of a learned embedding of the seasonal position; 0: none
-    series_dim: int = 0  # size of a learned per-series embedding; 0: none
-    skip: Literal["none", "seasonal_naive"] = "seasonal_naive"  # what the network corrects
-    loss: Literal["mae", "smape"] = "mae"  # point-forecast loss (without quantiles)
-    quantiles: tuple[float, ...] = ()  # e.g. (0.1, 0.5, 0.9): pinball loss; needs 0.5
+    cell: Literal["lstm", "gru"] = key("lstm", help="recurrent cell of encoder and decoder")
+    hidden_size: int = key(64, low=1, help="units of each recurrent layer")
+    layers: int = key(1, low=1, help="stacked encoder layers")
+    dropout: float = key(0.0, low=0, high=1, high_open=True,
+                         help="dropout between stacked layers and on the encoder's summary")
+    input_length: int = key(48, low=1, help="values the encoder reads before each forecast")
+    patch: int = key(1, low=1, help="values per encoder step; divides input_length (24 on "
+                     "hourly data: one day a step, 24x fewer recurrent steps)")
+    horizon: int = key(24, low=1, help="values forecast from each window")
+    stride: int = key(1, low=1, help="training: distance between the ends of consecutive "
+                      "windows of a series")
+    season: int = key(1, low=1, help="seasonal period m (24 for hourly data; 1 = none): "
+                      "seasonal naive, Naive2, MASE and position features")
+    normalise: Normalisation = key("mean", help="scale each window by its input values only: "
+                                   "mean of |x|, last |x|, z-score, or none")
+    decoder: Literal["direct", "recurrent"] = key(
+        "direct", help="direct: one layer emits every step; recurrent: an RNN steps through "
+        "the future, so longer horizons can be asked for")
+    position_dim: int = key(0, low=0, help="size of a learned embedding of the seasonal "
+                            "position (needs season > 1; 0 = none)")
+    series_dim: int = key(0, low=0, help="size of a learned per-series embedding (0 = none)")
+    skip: Literal["none", "seasonal_naive"] = key(
+        "seasonal_naive", help="the network corrects the seasonal naive forecast of its "
+        "window (and starts as exactly that), or forecasts from nothing")
+    loss: Literal["mae", "smape"] = key("mae", help="point-forecast loss (without quantiles)")
+    quantiles: str = key("", help="quantile levels trained with the pinball loss, e.g. "
+                         "\"0.1, 0.5, 0.9\" (must include 0.5; \"\" = point forecasts)")
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
-            raise ValueError(f"unknown normalisation {self.normalise!r}; "
-                             f"expected one of {NORMALISATIONS}")
-        if self.quantiles and (0.5 not in self.quantiles
-                               or not all(0 < q < 1 for q in self.quantiles)):
-            raise ValueError(f"quantiles {self.quantiles} must lie in (0, 1) and include 0.5")
+            raise NlpseqError(f"model.normalise {self.normalise!r} is not one of "
+                              f"{', '.join(NORMALISATIONS)}")
+        self.levels  # noqa: B018 -- parses quantiles, refusing bad ones
         if self.position_dim and self.season <= 1:
-            raise ValueError("position_dim needs a seasonal period (season > 1)")
-        if self.patch < 1 or self.input_length % self.patch:
-            raise ValueError(f"patch {self.patch} does not divide input_length "
-                             f"{self.input_length}")
+            raise NlpseqError("model.position_dim needs a seasonal period (model.season > 1)")
+        if self.input_length % self.patch:
+            raise NlpseqError(f"model.patch {self.patch} does not divide model.input_length "
+                              f"{self.input_length}")
 
     def window_spec(self, horizon: int | None = None) -> WindowSpec:
         """The windows this model reads; ``horizon`` overrides the trained one (0: inputs only)."""
@@ -61,8 +70,17 @@ class ForecasterConfig:
 
     @property
     def levels(self) -> tuple[float, ...]:
-        """The quantile levels of the outputs: ``(0.5,)`` for a point forecast."""
-        return tuple(sorted(self.quantiles)) or (0.5,)
+        """The quantile levels of the outputs, ascending: ``(0.5,)`` for a point forecast."""
+        if not self.quantiles.strip():
+            return (0.5,)
+        try:
+            levels = sorted({float(q) for q in self.quantiles.replace(",", " ").split()})
+        except ValueError:
+            levels = []
+        if 0.5 not in levels or not all(0 < q < 1 for q in levels):
+            raise NlpseqError(f"model.quantiles {self.quantiles!r}: levels in (0, 1), "
+                              "separated by commas, including 0.5")
+        return tuple(levels)
 
 
 class Forecaster(nn.Module):
@@ -102,7 +120,7 @@ class Forecaster(nn.Module):
         horizon = batch.targets.size(1)
         predicted = self.predict(batch, horizon)  # (B, H, Q)
         target = batch.targets.unsqueeze(-1)  # (B, H, 1)
-        if self.config.quantiles:
+        if len(self.config.levels) > 1:
             levels = predicted.new_tensor(self.config.levels)  # (Q,)
             error = target - predicted
             loss = torch.maximum(levels * error, (levels - 1) * error).sum()
