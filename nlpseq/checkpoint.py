@@ -27,12 +27,15 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from nlpseq.errors import NlpseqError
+
+if TYPE_CHECKING:
+    from nlpseq.config import PipelineConfig
 
 CONFIG = "config.yaml"
 POINTER = "checkpoint.json"
@@ -44,6 +47,18 @@ HISTORY = "history.jsonl"
 LAST_WEIGHTS = "last.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 TRAINER_STATE = "trainer_state.json"
+TRAINED_WITH = "trained_with.json"
+
+#: config keys that shape the model or what it reads; weights trained under other values
+#: would predict something else, so a run whose config.yaml differs here is refused
+SHAPING = ("task", "tokenizer.", "model.", "data.tag_scheme", "embeddings.extend_vocab")
+#: model keys that only matter while training or decoding, editable after training
+NOT_SHAPING = frozenset({
+    "model.dropout", "model.embedding_dropout", "model.word_dropout", "model.adversarial",
+    "model.teacher_forcing", "model.label_smoothing", "model.dev_beam", "model.bf16",
+    "model.max_length_a", "model.max_length_b", "model.length_penalty", "model.eval_context",
+    "model.seq_len",
+})
 
 Writer = Callable[[Path], None]
 
@@ -80,6 +95,14 @@ def atomic_path(path: str | Path) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def save_objects(directory: str | Path, objects: dict[str, Any]) -> None:
+    """Write each object with its ``save(path)`` method to ``directory / name``, atomically
+    (a task's artifacts: tokenizers, vocabularies)."""
+    for name, obj in objects.items():
+        with atomic_path(Path(directory) / name) as tmp:
+            obj.save(tmp)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         _dump_json(Path(tmp), data)
@@ -92,6 +115,8 @@ def _dump_json(path: Path, data: Any) -> None:
 def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NlpseqError("file is missing; the run directory is damaged", path) from None
     except (OSError, ValueError) as err:
         raise NlpseqError(f"cannot read JSON: {err}", path) from None
 
@@ -101,10 +126,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                if line]
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line]
     except (OSError, ValueError) as err:
         raise NlpseqError(f"cannot read JSON lines: {err}", path) from None
+    if not all(isinstance(record, dict) for record in records):
+        raise NlpseqError("every line must be a JSON object", path)
+    return records
 
 
 def weights_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -173,6 +201,18 @@ def load_optimizer(
     optimizer: torch.optim.Optimizer, path: str | Path, rest: dict
 ) -> dict[str, torch.Tensor]:
     """Restore what :func:`optimizer_tensors` gave; returns the extra tensors."""
+    try:
+        return _load_optimizer(optimizer, path, rest)
+    except NlpseqError:
+        raise
+    except Exception as err:  # safetensors' own errors, or a state that does not fit
+        problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NlpseqError(f"cannot restore the optimizer: {problem}", path) from None
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, path: str | Path, rest: dict
+) -> dict[str, torch.Tensor]:
     tensors = load_file(str(path))
     extra = {
         k.removeprefix("extra/"): tensors.pop(k) for k in list(tensors) if k.startswith("extra/")
@@ -196,6 +236,34 @@ def json_writer(data: Any) -> Writer:
 def jsonl_writer(records: list[dict]) -> Writer:
     return lambda path: path.write_text("".join(json.dumps(r) + "\n" for r in records),
                                         encoding="utf-8")
+
+
+def trained_with(config: PipelineConfig) -> dict[str, Any]:
+    """The config values that shape the model, as dotted keys (see :data:`SHAPING`)."""
+    flat = {"task": config.task}
+    for section, values in config.to_dict().items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{name}": value for name, value in values.items()})
+    return {k: v for k, v in flat.items()
+            if k.startswith(SHAPING) and k not in NOT_SHAPING}
+
+
+def check_trained_with(config: PipelineConfig, folder: Path, config_path: Path) -> None:
+    """Refuse ``config`` when it differs from what the weights in ``folder`` were trained
+    with, naming the first key that differs (runs without the record are not checked)."""
+    record_path = folder / TRAINED_WITH
+    if not record_path.is_file():
+        return
+    record = read_json(record_path)
+    if not isinstance(record, dict):
+        raise NlpseqError(f"{TRAINED_WITH} must be a JSON object", record_path)
+    now = trained_with(config)
+    for name, value in record.items():
+        if name in now and now[name] != value:
+            raise NlpseqError(
+                f"{name} is {now[name]!r} but the weights were trained with {value!r}; "
+                f"put it back (keys that shape the model cannot change after training)",
+                config_path)
 
 
 class RunDir:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import save_objects
 from nlpseq.corpora import read_text
 from nlpseq.decoding import check_sampling_options, generate
 from nlpseq.errors import NlpseqError
@@ -150,8 +150,7 @@ class ChargenTask(Task):
         )
 
     def save_artifacts(self, directory: Path) -> None:
-        with atomic_path(directory / TOKENIZER) as tmp:
-            self.codec.tokenizer.save(tmp)
+        save_objects(directory, {TOKENIZER: self.codec.tokenizer})
 
     def load_artifacts(self, directory: Path) -> None:
         self.codec = CharCodec(TextTokenizer.load(directory / TOKENIZER))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nlpseq.batching import TokenStore, bucket_batches
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import save_objects
 from nlpseq.config import TokenizerConfig
 from nlpseq.corpora import TaggedData, looks_like_conll, parse_conll, read_conll
 from nlpseq.embeddings import (
@@ -213,12 +213,8 @@ class NerTask(Task):
             log(f"dev: {len(self.dev_data.tokens)} sentences from {self.dev_data.path}")
 
     def save_artifacts(self, directory: Path) -> None:
-        with atomic_path(directory / TOKENIZER) as tmp:
-            self.tokenizer.save(tmp)
-        with atomic_path(directory / CHARS) as tmp:
-            self.char_tokenizer.save(tmp)
-        with atomic_path(directory / TAGS) as tmp:
-            self.tags.save(tmp)
+        save_objects(directory, {TOKENIZER: self.tokenizer, CHARS: self.char_tokenizer,
+                                 TAGS: self.tags})
         save_fixed_vectors(directory, self.fixed_vectors)
 
     def load_artifacts(self, directory: Path) -> None:

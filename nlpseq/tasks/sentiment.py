@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nlpseq.batching import TextBatch, TokenStore, bucket_batches
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import save_objects
 from nlpseq.corpora import LabelledData, load_hub, read_labelled
 from nlpseq.embeddings import (
     extend_vocabulary,
@@ -105,10 +105,7 @@ class SentimentTask(Task):
             log(f"dev: {len(self.dev_ids)} examples from {dev.path}")
 
     def save_artifacts(self, directory: Path) -> None:
-        with atomic_path(directory / TOKENIZER) as tmp:
-            self.tokenizer.save(tmp)
-        with atomic_path(directory / LABELS) as tmp:
-            self.labels.save(tmp)
+        save_objects(directory, {TOKENIZER: self.tokenizer, LABELS: self.labels})
         save_fixed_vectors(directory, self.fixed_vectors)
 
     def load_artifacts(self, directory: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nlpseq.batching import bucket_batches, pad
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import save_objects
 from nlpseq.corpora import ParallelData, read_parallel
 from nlpseq.decoding import Hypothesis, beam_search, greedy_search, max_target_lengths
 from nlpseq.errors import NlpseqError
@@ -134,12 +134,9 @@ class TranslateTask(Task):
             log(f"dev: {len(dev.sources)} pairs from {dev.source_path} / {dev.target_path}")
 
     def save_artifacts(self, directory: Path) -> None:
-        pairs = ([(TOKENIZER, self.source_tokenizer)] if self.joint else
-                 [(SOURCE_TOKENIZER, self.source_tokenizer),
-                  (TARGET_TOKENIZER, self.target_tokenizer)])
-        for name, tokenizer in pairs:
-            with atomic_path(directory / name) as tmp:
-                tokenizer.save(tmp)
+        save_objects(directory, {TOKENIZER: self.source_tokenizer} if self.joint else
+                     {SOURCE_TOKENIZER: self.source_tokenizer,
+                      TARGET_TOKENIZER: self.target_tokenizer})
 
     def load_artifacts(self, directory: Path) -> None:
         if self.joint:
