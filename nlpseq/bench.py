@@ -187,45 +187,71 @@ def run_inference_bench(
     prompt: str = "\n",
     seconds: float = 20.0,
     threads: int = 0,
+    backends: tuple[str, ...] = ("torch",),
+    beam: int | None = None,
 ) -> dict[str, float | str]:
-    """Inference speed of a trained run: characters/s of sampling for a chargen run (from
-    ``prompt``, ``length`` characters per round), else input lines/s through ``predict_lines``
-    (the path ``nlpseq predict`` / ``nlpseq translate`` take) over ``input_file``."""
+    """Inference speed of a trained run under each of ``backends`` (rounds alternate between
+    them, so a shared machine's drift reaches all alike): characters/s of sampling for a
+    chargen run (from ``prompt``, ``length`` characters per round), else input lines/s
+    through ``predict_lines`` (the path ``nlpseq predict`` / ``nlpseq translate`` take) over
+    ``input_file``: ``generate_chars_per_s`` or ``lines_per_s`` of the first backend, and
+    with several, the same key suffixed ``_{backend}`` for each."""
     import nlpseq
     from nlpseq.corpora import read_lines
     from nlpseq.errors import NlpseqError
 
     if threads:
         torch.set_num_threads(threads)
-    task = nlpseq.load(run_dir)
+    tasks = {backend: nlpseq.load(run_dir, backend=backend) for backend in backends}
+    name = next(iter(tasks.values())).name
     figures: dict[str, float | str] = {
-        "run": str(run_dir), "task": task.name, "threads": torch.get_num_threads()
+        "run": str(run_dir), "task": name, "threads": torch.get_num_threads(),
+        "backends": ",".join(backends),
     }
-    if task.name == "chargen":
-        seeds = itertools.count()
-
-        def sample() -> float:
-            text = task.generate(prompt, length=length, temperature=0.8, seed=next(seeds))
-            return len(text) - len(prompt)
-
-        sample()  # warm-up
-        figures["generate_chars_per_s"] = statistics.median(_rounds(sample, seconds))
+    if name != "chargen" and not input_file:
+        raise NlpseqError(f"benchmarking a {name} run needs --input FILE")
+    neighbours = OtherLoad()
+    if name == "chargen":
+        key = "generate_chars_per_s"
+        work = {b: _sampler(t, prompt, length) for b, t in tasks.items()}
         figures["length"] = length
-        return figures
-    if not input_file:
-        raise NlpseqError(f"benchmarking a {task.name} run needs --input FILE")
-    lines = [line for _, line in read_lines(input_file)]
-
-    def predict() -> float:
-        """Seconds for one pass over every line."""
-        start = time.perf_counter()
-        for _ in task.predict_lines(lines):
-            pass
-        return time.perf_counter() - start
-
-    first = predict()  # includes warm-up; long passes are not repeated past ``seconds``
-    times = [first] + [predict() for _ in range(min(4, int(seconds / max(first, 1e-9))))]
-    figures["input"] = input_file
-    figures["lines"] = len(lines)
-    figures["lines_per_s"] = len(lines) / statistics.median(times)
+    else:
+        lines = [line for _, line in read_lines(input_file)]
+        options = {"beam": beam} if beam is not None else {}
+        key = "lines_per_s"
+        work = {b: _predictor(t, lines, options) for b, t in tasks.items()}
+        figures.update(input=input_file, lines=len(lines), **options)
+    for fn in work.values():
+        fn()  # warm-up
+    rates: dict[str, list[float]] = {b: [] for b in backends}
+    for _ in range(5):
+        for backend, fn in work.items():
+            rates[backend].append(_rate(fn, seconds / 5 / len(backends)))
+    figures[key] = statistics.median(rates[backends[0]])
+    if len(backends) > 1:
+        for backend in backends:
+            figures[f"{key}_{backend}"] = statistics.median(rates[backend])
+    others = neighbours.cores()
+    if others is not None:
+        figures["other_processes_cores"] = others
     return figures
+
+
+def _sampler(task, prompt: str, length: int) -> Callable[[], float]:
+    seeds = itertools.count()
+
+    def sample() -> float:
+        text = task.generate(prompt, length=length, temperature=0.8, seed=next(seeds))
+        return len(text) - len(prompt)
+
+    return sample
+
+
+def _predictor(task, lines: list[str], options: dict) -> Callable[[], float]:
+    def predict() -> float:
+        """One pass over every line; returns the lines done."""
+        for _ in task.predict_lines(lines, **options):
+            pass
+        return len(lines)
+
+    return predict

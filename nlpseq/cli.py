@@ -10,6 +10,13 @@ import click
 from nlpseq.config import POOLINGS
 from nlpseq.errors import NlpseqError
 
+#: the inference backends of nlpseq.backends (listed here so the CLI starts without torch)
+BACKENDS = ("torch", "onnx", "int8")
+_backend_option = click.option(
+    "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+    help="torch, onnx (ONNX Runtime on RUN_DIR/onnx, exported on first use) or int8 "
+         "(dynamic quantization); onnx and int8 run on the CPU.")
+
 
 class _Group(click.Group):
     """Prints NlpseqError (and other expected failures) as one line; --debug shows tracebacks."""
@@ -61,12 +68,13 @@ def train(pipeline: str, out_dir: str, overrides: tuple[str, ...], quiet: bool) 
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Also draw the scores as PNG: per-entity-type bars (NER), the confusion "
                    "matrix (sentiment).")
+@_backend_option
 def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: str,
-             plot_file: str | None) -> None:
+             plot_file: str | None, backend: str) -> None:
     """Score RUN_DIR's model on DATA_FILES (translation: SOURCE REFERENCE)."""
     import nlpseq
 
-    task = nlpseq.load(run_dir, device)
+    task = nlpseq.load(run_dir, device, backend)
     if plot_file:  # checked before scoring, so a wrong option does not cost the evaluation
         from nlpseq.plot import check_plot_target
 
@@ -94,12 +102,13 @@ def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: s
               help="NER input: CoNLL columns (tokens first, blank line between sentences), "
                    "plain text (one sentence a line), or judged from the first 200 lines.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_backend_option
 def predict(run_dir: str, input_file: str, as_json: bool, input_format: str,
-            device: str) -> None:
+            device: str, backend: str) -> None:
     """Predict for each input line: a label (sentiment) or tagged tokens (NER)."""
     import nlpseq
 
-    task = nlpseq.load(run_dir, device).require("predict")
+    task = nlpseq.load(run_dir, device, backend).require("predict")
     options = {} if input_format == "auto" else {"input_format": input_format}
     task.check_options(options)
     for output in task.predict_lines(_input_lines(input_file), as_json, **options):
@@ -124,8 +133,9 @@ def _input_lines(input_file: str):
               help="Write the attention heat map (PNG) of the translation to this file; with "
                    "several input lines, one file per line named STEM-LINE.png.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_backend_option
 def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | None,
-              device: str) -> None:
+              device: str, backend: str) -> None:
     """Translate each input line with RUN_DIR's model: one output line per input line."""
     from pathlib import Path
 
@@ -133,7 +143,7 @@ def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | 
     from nlpseq.corpora import read_lines, read_stdin_lines
     from nlpseq.errors import NlpseqError
 
-    task = nlpseq.load(run_dir, device).require("translate")
+    task = nlpseq.load(run_dir, device, backend).require("translate")
     if plot_file and not Path(plot_file).expanduser().resolve().parent.is_dir():
         # checked before translating, so a typo does not cost the whole input's work
         raise NlpseqError("--attention-plot: the folder does not exist", plot_file)
@@ -142,11 +152,11 @@ def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | 
 
         require_matplotlib()
     numbered = read_stdin_lines() if input_file == "-" else read_lines(input_file)
-    lines = [line for _, line in numbered]
-    if not plot_file:
-        for output in task.predict_lines(lines, beam=beam):
+    if not plot_file:  # streamed: the first translations appear while input is still read
+        for output in task.predict_lines((line for _, line in numbered), beam=beam):
             click.echo(output)
         return
+    lines = [line for _, line in numbered]
     from nlpseq.plot import attention_png
 
     # each line is decoded once: its translation and heat map come from the same search
@@ -174,12 +184,13 @@ def translate(run_dir: str, input_file: str, beam: int | None, plot_file: str | 
               help="Sample only from the smallest set whose probability reaches P (0 < P <= 1).")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed, same text.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@_backend_option
 def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: int | None,
-             top_p: float | None, seed: int | None, device: str) -> None:
+             top_p: float | None, seed: int | None, device: str, backend: str) -> None:
     """Print PROMPT followed by text generated by RUN_DIR's character model, as it comes."""
     import nlpseq
 
-    task = nlpseq.load(run_dir, device).require("generate")
+    task = nlpseq.load(run_dir, device, backend).require("generate")
     pieces = task.stream(prompt, length=length, temperature=temperature, top_k=top_k,
                          top_p=top_p, seed=seed)
     out = sys.stdout
@@ -189,6 +200,51 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
         out.flush()
     out.write("\n")
     out.flush()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx",
+              show_default=True, help="Export format.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write [default: RUN_DIR/onnx, where --backend onnx reads].")
+def export(run_dir: str, export_format: str, out_dir: str | None) -> None:
+    """Export RUN_DIR's model as ONNX graphs for ONNX Runtime; prints the folder."""
+    from pathlib import Path
+
+    import nlpseq
+    from nlpseq.checkpoint import WEIGHTS, RunDir
+    from nlpseq.export import export_onnx
+
+    task = nlpseq.load(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / export_format
+    click.echo(export_onnx(task, out, RunDir(run_dir).file(WEIGHTS)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@_backend_option
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Most texts run through the model together (across requests).")
+@click.option("--wait-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long the first request of a batch waits for others to join it.")
+@click.option("--max-length", default=10000, show_default=True, type=click.IntRange(min=1),
+              help="Longest text (characters) a request may send.")
+@click.option("--max-texts", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Most texts in one request.")
+@click.option("--threads", default=0, help="torch / ONNX Runtime threads (0 = default).")
+def serve(run_dir: str, host: str, port: int, backend: str, max_batch: int, wait_ms: float,
+          max_length: int, max_texts: int, threads: int) -> None:
+    """Serve RUN_DIR's model over HTTP: POST /predict, /generate or /translate, GET /health
+    and /info (see nlpseq.serve)."""
+    from nlpseq.serve import ServeConfig
+    from nlpseq.serve import serve as run
+
+    run(run_dir, ServeConfig(backend=backend, max_batch=max_batch, wait_ms=wait_ms,
+                             max_length=max_length, max_texts=max_texts, threads=threads),
+        host=host, port=port)
 
 
 @main.command()
@@ -216,17 +272,23 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 @click.option("--input", "input_file", default="", help="Lines to predict with --run.")
 @click.option("--length", default=1000, show_default=True,
               help="Characters per sample with --run on a chargen run.")
+@click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
+              help="With --run: the backend(s) to time, in alternating rounds (repeatable; "
+                   "default torch).")
+@click.option("--beam", type=click.IntRange(min=1), default=None,
+              help="With --run on a translate run: beam size [default: the run's eval.beam].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,
           embedding_updates: str, seconds: float, threads: int, run_dir: str, input_file: str,
-          length: int, as_json: bool) -> None:
+          length: int, backends: tuple[str, ...], beam: int | None, as_json: bool) -> None:
     """Measure text-stage, training and inference throughput against the matmul rate."""
     from nlpseq.bench import run_bench, run_inference_bench
     from nlpseq.cpuload import BUSY
 
     if run_dir:
         figures = run_inference_bench(run_dir, input_file, length=length, seconds=seconds,
-                                      threads=threads)
+                                      threads=threads, backends=backends or ("torch",),
+                                      beam=beam)
     else:
         figures = run_bench(corpora=corpora, batch_size=batch_size, hidden_size=hidden_size,
                             seconds=seconds, threads=threads, pooling=pooling,
