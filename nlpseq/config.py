@@ -112,7 +112,9 @@ class EmbeddingsConfig:
     path: str = key("", help="vectors file, or a gensim-data name (needs network)",
                     tasks=_WORD_VECTORS)
     format: Literal["glove", "word2vec", "word2vec-binary", "fasttext", "gensim-data"] = key(
-        "glove", help="how the vectors file is written", tasks=_WORD_VECTORS)
+        "glove", tasks=_WORD_VECTORS, help="how the vectors file is written (gensim-data: "
+        "embeddings.path names a model to download, which imports the Python code shipped "
+        "with it, so it also needs the environment variable NLPSEQ_ALLOW_GENSIM_DATA=1)")
     freeze: bool = key(False, help="keep the pretrained vectors fixed", tasks=_WORD_VECTORS)
     extend_vocab: int = key(0, low=0, tasks=_WORD_VECTORS, help="add the N most frequent words "
                             "of the vectors file to the vocabulary, their vectors fixed")
