@@ -15,7 +15,7 @@ import json
 import socket
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -295,9 +295,19 @@ def load_hub(name: str, config: str, split: str, timeout: float = 5.0):
     import datasets
 
     try:
-        return datasets.load_dataset(name, config or None, split=split)
+        return datasets.load_dataset(name, config or None, split=split,
+                                     **no_remote_code(datasets.load_dataset))
     except Exception as err:
         raise NlpseqError(f"hub dataset {name!r}: {str(err).splitlines()[0]}") from None
+
+
+def no_remote_code(load_dataset: Callable[..., object]) -> dict[str, bool]:
+    """``trust_remote_code=False`` where ``load_dataset`` takes it: datasets before 4.0 can run
+    a dataset's own loading script; later versions run none and no longer take the option."""
+    import inspect
+
+    parameters = inspect.signature(load_dataset).parameters
+    return {"trust_remote_code": False} if "trust_remote_code" in parameters else {}
 
 
 @dataclass

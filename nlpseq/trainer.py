@@ -301,7 +301,8 @@ def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Session:
 def _restore(s: Session) -> None:
     """Continue from the committed checkpoint: weights, optimizer, RNG, averages, carry."""
     folder = s.run.current()
-    s.state = TrainerState(**ckpt.read_json(folder / ckpt.TRAINER_STATE))
+    ckpt.check_trained_with(s.config, folder, Path(s.config.source or s.run.config))
+    s.state = _trainer_state(folder / ckpt.TRAINER_STATE)
     ckpt.load_weights(s.model, folder / ckpt.LAST_WEIGHTS)
     extra = ckpt.load_optimizer(s.optimizer, folder / ckpt.OPTIMIZER, s.state.optimizer)
     torch.set_rng_state(extra["rng"])
@@ -309,6 +310,9 @@ def _restore(s: Session) -> None:
         s.average.load(extra)
     s.carry = _unflatten(s.state.carry, extra, s.device)
     s.history = ckpt.read_jsonl(folder / ckpt.HISTORY)
+    if not s.history:  # every checkpoint records at least its own evaluation
+        raise NlpseqError("history is missing or empty; the run directory is damaged",
+                          folder / ckpt.HISTORY)
     s.budget.before = s.state.elapsed
     t = s.config.train
     s.log(f"resuming {s.run.path} at epoch {s.state.epoch + 1}, batch {s.state.batch}")
@@ -323,6 +327,14 @@ def _restore(s: Session) -> None:
         s.state.finished = False
 
 
+def _trainer_state(path: Path) -> TrainerState:
+    record = ckpt.read_json(path)
+    try:
+        return TrainerState(**record)
+    except TypeError:  # another JSON shape, or keys of something else
+        raise NlpseqError("not a trainer state; the run directory is damaged", path) from None
+
+
 # --- the loop ------------------------------------------------------------------------------
 def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
     """Train, yielding at every evaluation point; the caller evaluates and may stop."""
@@ -334,7 +346,8 @@ def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
         trained = DistributedDataParallel(s.model)
     autocast = torch.autocast(s.device.type, dtype=torch.bfloat16,
                               enabled=t.bf16 and s.device.type == "cuda")
-    base_lrs = [group["lr"] for group in s.optimizer.param_groups]
+    # from the config: a resumed optimizer's groups hold the last scheduled rate, not the base
+    base_lrs = [t.lr for _ in s.optimizer.param_groups]
     batches = s.task.train_batches(state.epoch, s.rank, s.world)
     if not batches:
         raise NlpseqError("no training batches: the training data is empty", s.config.data.train)
@@ -415,6 +428,7 @@ def commit(s: Session, point: EvalPoint | None, metrics: dict | None, best: dict
         ckpt.OPTIMIZER: ckpt.tensors_writer(tensors),
         ckpt.TRAINER_STATE: ckpt.json_writer(asdict(state)),
         ckpt.HISTORY: ckpt.jsonl_writer(s.history),
+        ckpt.TRAINED_WITH: ckpt.json_writer(ckpt.trained_with(s.config)),
     }
     if best is not None:
         writers[ckpt.WEIGHTS] = ckpt.tensors_writer(best)

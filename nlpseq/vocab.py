@@ -42,6 +42,9 @@ class LabelVocab:
     @classmethod
     def load(cls, path: str | Path) -> LabelVocab:
         try:
-            return cls(json.loads(Path(path).read_text(encoding="utf-8"))["labels"])
-        except (OSError, ValueError, KeyError) as err:
+            labels = json.loads(Path(path).read_text(encoding="utf-8"))["labels"]
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise ValueError("'labels' must be a list of strings")
+            return cls(labels)
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise NlpseqError(f"cannot read label vocabulary: {err}", path) from None

@@ -67,6 +67,11 @@ class Figures:
     resume_failures: int = 0  # a restarted process that failed on its own
     problems: list[str] = field(default_factory=list)
 
+    def report(self, problem: str) -> None:
+        """Count a problem's text and show it at once (stderr)."""
+        self.problems.append(problem)
+        print(f"PROBLEM {problem}", file=sys.stderr, flush=True)
+
     def failed(self) -> bool:
         return bool(self.load_failures or self.weight_mismatches or self.history_problems
                     or self.leftovers or self.resume_failures)
@@ -102,18 +107,32 @@ def kill_at_random(proc: subprocess.Popen, rng: random.Random, span: float) -> b
         return True
 
 
+def commits(out: Path) -> set[str]:
+    """Numbers of the checkpoints being written or written (staging or final folders)."""
+    folder = out / "checkpoints"
+    try:
+        return {p.name.split(".")[1] if p.name.startswith(".") else p.name
+                for p in folder.iterdir()}
+    except OSError:
+        return set()
+
+
 def kill_in_commit(proc: subprocess.Popen, out: Path, rng: random.Random) -> bool:
-    """SIGKILL a few milliseconds after the k-th new staging folder appears."""
-    wanted, seen = rng.randint(1, 3), set()
+    """SIGKILL a few milliseconds after the staging folder of the k-th commit of this process
+    appears (a commit missed between two looks moves the aim to the next one)."""
+    wanted, seen = rng.randint(1, 3), commits(out)
     while proc.poll() is None:
-        new = staging(out) - seen
+        now = commits(out)
+        new = now - seen
         if new:
             seen |= new
-            if len(seen) >= wanted:
+            wanted -= len(new)
+            if wanted <= 0 and staging(out):
                 time.sleep(rng.uniform(0, 0.02))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return True
+            wanted = max(wanted, 1)
         time.sleep(0.0005)
     return False
 
@@ -146,11 +165,11 @@ def check_loadable(task: str, out: Path, files: list[str], reference: list[dict]
         history = evaluations(out)
     except Exception as err:  # anything at all counts as a failure to load
         figures.load_failures += 1
-        figures.problems.append(f"{task}: load/evaluate after kill {figures.kills}: {err!r}")
+        figures.report(f"{task}: load/evaluate after kill {figures.kills}: {err!r}")
         return
     if history != reference[:len(history)]:
         figures.history_problems += 1
-        figures.problems.append(f"{task}: history after kill {figures.kills} is not a prefix "
+        figures.report(f"{task}: history after kill {figures.kills} is not a prefix "
                                 f"(steps {[r['step'] for r in history]})")
 
 
@@ -158,17 +177,17 @@ def check_final(task: str, out: Path, reference: Path, figures: Figures) -> None
     """A finished run: the same weights and evaluations as the uninterrupted one, no debris."""
     if final_files(out) != final_files(reference):
         figures.weight_mismatches += 1
-        figures.problems.append(f"{task}: final weights differ from the uninterrupted run")
+        figures.report(f"{task}: final weights differ from the uninterrupted run")
     got, want = evaluations(out), evaluations(reference)
     steps = [r["step"] for r in got]
     if got != want or steps != sorted(set(steps)):
         figures.history_problems += 1
-        figures.problems.append(f"{task}: history steps {steps} != "
+        figures.report(f"{task}: history steps {steps} != "
                                 f"{[r['step'] for r in want]} (or values differ)")
     debris = [p.name for p in out.rglob("*.tmp")]
     if debris or len(list((out / "checkpoints").iterdir())) != 1:
         figures.leftovers += 1
-        figures.problems.append(f"{task}: left behind {debris or 'several checkpoints'}")
+        figures.report(f"{task}: left behind {debris or 'several checkpoints'}")
 
 
 def cut(files: tuple[str, ...], folder: Path, lines: int = 40) -> list[str]:
@@ -208,7 +227,7 @@ def one_round(task: str, work: Path, reference: Path, span: float, kills: int,
         _, err = proc.communicate()
         if proc.returncode != 0:
             figures.resume_failures += 1
-            figures.problems.append(f"{task}: exit {proc.returncode}: {err.strip()[-300:]}")
+            figures.report(f"{task}: exit {proc.returncode}: {err.strip()[-300:]}")
             return
         break
     check_final(task, out, reference, figures)

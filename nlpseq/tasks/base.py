@@ -111,7 +111,11 @@ class Task(ABC):
     @classmethod
     def from_run(cls, run_dir: Path, config: PipelineConfig, weights: Path,
                  device: torch.device) -> Task:
-        """The task of a trained run, with its artifacts and best weights, ready to predict."""
+        """The task of a trained run, with its artifacts and best weights, ready to predict;
+        refused when config.yaml was edited in a key that shapes the model."""
+        from nlpseq.checkpoint import CONFIG, check_trained_with
+
+        check_trained_with(config, weights.parent, run_dir / CONFIG)
         task = cls(config, device)
         task.load_artifacts(run_dir)
         task.init_model(lambda _message: None, pretrained=False)
