@@ -114,11 +114,11 @@ def load_search(
     the file and line of the faulty entry."""
     if any(item.strip().startswith("tune.") for item in overrides):
         raise NlpseqError("--set cannot change the tune section; edit it or use --space")
-    config = load_config(pipeline, tuple(overrides))
-    raw = yaml.safe_load(Path(pipeline).read_text(encoding="utf-8"))
-    section, where = raw.pop("tune", None), str(pipeline)
-    lines = _tune_lines(Path(pipeline).read_text(encoding="utf-8"), nested=True)
-    if space_file is not None:
+    config = load_config(pipeline, tuple(overrides))  # the pipeline's own errors first
+    text = Path(pipeline).read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    section, where, lines = raw.pop("tune", None), str(pipeline), _tune_lines(text, True)
+    if space_file is not None:  # the pipeline's own tune section, if any, is not used
         section, where, lines = _read_space_file(space_file)
     if section is None:
         raise NlpseqError("no tune section: add one or give --space FILE", pipeline)
@@ -472,6 +472,7 @@ class _Runner:
         self.search, self.study, self.out, self.worker = search, study, out, worker
         self.clock, self.log, self.quiet = clock, log, quiet
         self.minutes = 0.0  # the running trial's budget
+        self.current: int | None = None  # the running trial's number
         self.failures = 0  # trials failed in a row in this process
         self.last_error = ""
 
@@ -495,6 +496,9 @@ class _Runner:
                     seed=seed + len(self.study.get_trials(deepcopy=False)),
                     n_startup_trials=self.search.spec.random_trials)
                 self.study.optimize(self._objective, n_trials=1, callbacks=[self._finished])
+            except KeyboardInterrupt:
+                self._queue_again(self.current)
+                raise
             finally:
                 self.worker.ask_lock.release()  # a no-op once the trial has released it
 
@@ -521,14 +525,25 @@ class _Runner:
                     continue
                 try:
                     frozen = self.study.tell(trial.number, state=TrialState.FAIL)
-                except (RuntimeError, ValueError):
+                except RuntimeError:
                     continue  # another process got there first
                 self.log(f"trial {trial.number}: its process died; marked failed")
                 _retry()(self.study, frozen)
 
+    def _queue_again(self, number: int | None) -> None:
+        """After Ctrl-C: the interrupted trial, marked failed by Optuna, is queued again so
+        that the same command continues it from its last checkpoint."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        if number is not None and number < len(trials):
+            if trials[number].state == TrialState.FAIL:
+                _retry()(self.study, trials[number])
+
     def _objective(self, trial: optuna.Trial) -> float:
         from nlpseq.trainer import train
 
+        self.current = trial.number
         trial.set_user_attr("worker", self.worker.id)
         run_dir = self.out / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", run_dir.name)
@@ -735,19 +750,20 @@ def write_plots(study: optuna.Study, out: Path) -> list[str]:
     except ImportError:
         return ["no plots: matplotlib is not installed (pip install 'nlpseq[plot]')"]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return ["no plots yet: no trial has completed"]
     varied = {k for k in {k for t in complete for k in t.params}
               if len({repr(t.params.get(k)) for t in complete}) > 1}
     wanted = {
-        "optimization_history": (views.plot_optimization_history, len(complete) >= 1),
+        "optimization_history": (views.plot_optimization_history, True),
         "param_importances": (views.plot_param_importances, len(complete) >= 2 and varied),
-        "parallel_coordinate": (views.plot_parallel_coordinate, len(complete) >= 1),
-        "intermediate_values": (views.plot_intermediate_values,
-                                any(t.intermediate_values for t in study.trials)),
+        "parallel_coordinate": (views.plot_parallel_coordinate, True),
+        "intermediate_values": (views.plot_intermediate_values, True),
     }
     notes = []
     for name, (draw, possible) in wanted.items():
         if not possible:
-            notes.append(f"no {name}.png yet: too few completed trials")
+            notes.append(f"no {name}.png yet: it needs two completed trials that differ")
             continue
         try:
             with warnings.catch_warnings():  # matplotlib's notes on flat axes and the like

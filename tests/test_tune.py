@@ -128,6 +128,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> No
         time.sleep(0.02)
 
 
+@pytest.mark.heavy
 def test_a_search_killed_mid_trial_continues_with_the_same_command(tmp_path, corpus):
     """SIGKILL while trial 1 trains; the same command marks it failed, runs it again from its
     last checkpoint (as trial 2) and completes three trials."""
@@ -155,6 +156,7 @@ def test_a_search_killed_mid_trial_continues_with_the_same_command(tmp_path, cor
     assert not list((study_dir / "workers").iterdir())  # no worker left behind
 
 
+@pytest.mark.heavy
 def test_two_processes_share_one_study_without_repeating_a_trial(tmp_path, corpus):
     pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE}, {"train.epochs": 20})
     study_dir = tmp_path / "study"
@@ -171,6 +173,60 @@ def test_two_processes_share_one_study_without_repeating_a_trial(tmp_path, corpu
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     for trial in trials:
         assert dev_value(study_dir / trial.user_attrs["run_dir"]) == trial.value
+
+
+def test_ctrl_c_queues_the_interrupted_trial_which_the_next_search_continues(
+        tmp_path, corpus, monkeypatch):
+    import nlpseq.tuning
+
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE})
+    report = nlpseq.tuning._report
+
+    def interrupt(trial, metric, record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+        report(trial, metric, record)
+
+    monkeypatch.setattr(nlpseq.tuning, "_report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        nlpseq.tune(pipeline, tmp_path / "study", trials=1, log=lambda _m: None)
+    trials = load(tmp_path / "study").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    monkeypatch.setattr(nlpseq.tuning, "_report", report)
+    study = nlpseq.tune(pipeline, tmp_path / "study", trials=1, log=lambda _m: None)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    interrupted = ckpt.RunDir(tmp_path / "study" / "trial-0000").history()
+    assert [r["epoch"] for r in interrupted] == [1, 2, 3]
+    continued = ckpt.RunDir(tmp_path / "study" / "trial-0001").history()
+    assert continued[:3] == interrupted and [r["epoch"] for r in continued] == list(range(1, 7))
+
+
+def test_the_shipped_search_space_fits_its_pipeline():
+    from nlpseq.tuning import load_search
+
+    root = Path(__file__).resolve().parent.parent
+    search = load_search(root / "pipelines/chargen-shakespeare.yaml",
+                         root / "pipelines/tune/chargen-shakespeare.yaml")
+    assert (search.spec.metric, search.spec.direction) == ("loss", "minimize")
+    assert [p.key for p in search.spec.space] == ["model.hidden_size", "model.dropout",
+                                                  "train.lr"]
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_the_error(tmp_path, corpus):
+    """Each value is valid alone, the two together are not: every trial fails before
+    training, and the search stops after three in a row."""
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": {
+        "train.optimizer": ["sgd"], "embeddings.lazy_updates": [True]}})
+    result = invoke("tune", pipeline, "--out", tmp_path / "study", "--trials", 5)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: 3 trials in a row failed; the last: {pipeline}: embeddings.lazy_updates "
+        "needs train.optimizer adam or adamw, not sgd")
+    rows = read_rows(tmp_path / "study")
+    assert [r["state"] for r in rows] == ["FAIL"] * 3
+    assert all("lazy_updates needs" in r["note"] for r in rows)
+    assert not (tmp_path / "study" / "best.yaml").exists()
 
 
 # --- the search space, checked like every key ------------------------------------------------
