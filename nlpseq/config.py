@@ -442,7 +442,8 @@ def _merge_overrides(raw: dict, parsed: dict[str, dict[str, Any]]) -> None:
 
 def _check_sections(raw: dict, path: str | None, lines: dict[str, int]) -> str:
     """Refuse unknown sections and unknown tasks; return the task name."""
-    valid = ["task", "model", *SECTIONS]
+    # tune: the search space that `nlpseq tune` reads (nlpseq/tuning.py); training ignores it
+    valid = ["task", "model", *SECTIONS, "tune"]
     for key in raw:
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
