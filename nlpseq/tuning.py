@@ -327,8 +327,6 @@ def tune(
     ``nlpseq train`` accepts) and plots are written to ``out_dir``. ``storage`` is an Optuna
     storage URL (default: SQLite in ``out_dir``); ``seed`` seeds the sampler (default: the
     pipeline's ``train.seed``); ``quiet`` keeps only one line per trial from the log."""
-    import optuna
-
     search = load_search(pipeline, space, overrides)
     clock = SearchClock(minutes, trial_minutes or search.config.train.max_minutes)
     out = _study_dir(out_dir)
@@ -341,7 +339,6 @@ def tune(
             runner.run(trials, seed)
         finally:
             write_results(study, search, out, log)
-    assert isinstance(study, optuna.Study)
     return study
 
 
@@ -485,6 +482,7 @@ class _Runner:
             # Counting and asking for the next trial under one lock keeps processes sharing
             # the study folder from both starting trial N+1; the trial releases the lock.
             self.worker.ask_lock.acquire()
+            self.current = None
             try:
                 self._fail_dead_trials()
                 self.minutes = self._next_budget(trials)
@@ -536,9 +534,11 @@ class _Runner:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
-        if number is not None and number < len(trials):
-            if trials[number].state == TrialState.FAIL:
-                _retry()(self.study, trials[number])
+        if number is None or number >= len(trials):
+            return
+        trial = trials[number]
+        if trial.state == TrialState.FAIL and "error" not in trial.user_attrs:
+            _retry()(self.study, trial)
 
     def _objective(self, trial: optuna.Trial) -> float:
         from nlpseq.trainer import train
@@ -665,6 +665,8 @@ def trial_rows(study: optuna.Study, search: Search) -> list[dict[str, Any]]:
     for trial in study.get_trials(deepcopy=False):
         retried = RetryHeartbeatStaleTrialCallback.retry_history(trial)
         note = trial.user_attrs.get("error", "")
+        if trial.state == TrialState.FAIL and not note:
+            note = "its process stopped while it trained"
         if trial.state == TrialState.PRUNED:
             note = f"pruned at step {trial.last_step}"
         elif retried:
@@ -773,6 +775,6 @@ def write_plots(study: optuna.Study, out: Path) -> list[str]:
             with ckpt.atomic_path(out / f"{name}.png") as tmp:
                 figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
             plt.close(figure)
-        except (ValueError, RuntimeError, ImportError) as err:
+        except (ValueError, RuntimeError, ImportError, OSError) as err:
             notes.append(f"no {name}.png: {err}")
     return notes

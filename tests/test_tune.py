@@ -53,7 +53,7 @@ def load(study_dir: Path, name: str = "sentiment") -> optuna.Study:
 
 
 def test_three_trials_give_run_directories_a_table_and_a_best_pipeline(tmp_path, corpus):
-    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE})
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE}, {"train.epochs": 3})
     study_dir = tmp_path / "study"
     result = invoke("tune", pipeline, "--out", study_dir, "--trials", 3, "--quiet", check=True)
     rows = read_rows(study_dir)
