@@ -388,8 +388,10 @@ def create_app(task: Any, config: ServeConfig, info: dict[str, Any]) -> Any:
     routes = [Route("/health", health), Route("/info", describe),
               *(Route(path, run_job, methods=["POST"])
                 for path in ("/predict", "/translate", "/generate"))]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
+    app.state.batcher = batcher
+    return app
 
 
 def task_info(task: Any, run_dir: Path, config: ServeConfig) -> dict[str, Any]:
