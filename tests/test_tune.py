@@ -286,6 +286,20 @@ def test_set_and_the_space_cannot_both_choose_a_key(tmp_path, corpus):
     assert_one_line_error(result, "tune.space: train.lr is also given with --set")
 
 
+def test_no_trial_starts_when_the_search_is_shorter_than_a_trial(tmp_path, corpus):
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE})
+    result = invoke("tune", pipeline, "--out", tmp_path / "study", "--minutes", 1,
+                    "--trial-minutes", 5, check=True)
+    assert result.stdout == "" and "no trials" in result.stderr
+    assert read_rows(tmp_path / "study") == []
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, corpus):
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE})
+    result = invoke("tune", pipeline, "--out", tmp_path / "study", "--storage", "nosuch://db")
+    assert_one_line_error(result, "--storage nosuch://db: ")
+
+
 def test_the_clock_starts_no_trial_that_would_not_fit():
     now = [0.0]
     clock = SearchClock(10, 4, now=lambda: now[0])
