@@ -514,9 +514,12 @@ class _Runner:
         return self.clock.next_trial()
 
     def _fail_dead_trials(self) -> None:
-        """Mark failed (and queue again) the running trials of dead workers of this folder."""
+        """Mark failed (and queue again) the running trials of dead workers: those of this
+        folder at once, the others once their heartbeat is older than the grace period."""
+        import optuna
         from optuna.trial import TrialState
 
+        optuna.storages.fail_stale_trials(self.study)
         for worker in self.worker.dead_workers():
             for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if trial.user_attrs.get("worker") != worker:

@@ -157,6 +157,34 @@ def test_a_search_killed_mid_trial_continues_with_the_same_command(tmp_path, cor
 
 
 @pytest.mark.heavy
+def test_a_trial_of_a_dead_machine_is_failed_by_its_heartbeat_and_run_again(
+        tmp_path, corpus, monkeypatch):
+    """Two study folders share one storage, as machines do: a process of the other folder dies
+    mid-trial; once its heartbeat is older than the grace period, this one marks the trial
+    failed and runs it again from the start (its run directory is elsewhere)."""
+    import nlpseq.tuning
+
+    pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE}, {"train.epochs": 30})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    elsewhere = _start("tune", pipeline, "--out", tmp_path / "a", "--storage", storage,
+                       "--trials", 2, "--quiet")
+    _wait_for(tmp_path / "a" / "trial-0000" / ckpt.POINTER, elsewhere)
+    elsewhere.send_signal(signal.SIGKILL)
+    elsewhere.wait()
+    monkeypatch.setattr(nlpseq.tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(nlpseq.tuning, "GRACE_S", 2)
+    time.sleep(3)  # the dead trial's last heartbeat is older than the grace period
+    study = nlpseq.tune(pipeline, tmp_path / "b", trials=2, storage=storage,
+                        log=lambda _m: None)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]
+    assert study.trials[1].params == study.trials[0].params
+    assert [r["epoch"] for r in ckpt.RunDir(tmp_path / "b" / "trial-0001").history()] == list(
+        range(1, 31))  # trained from the start
+    assert read_rows(tmp_path / "b")[1]["note"] == "again after trial 0 died"
+
+
+@pytest.mark.heavy
 def test_two_processes_share_one_study_without_repeating_a_trial(tmp_path, corpus):
     pipeline = tune_pipeline(tmp_path, corpus, {"space": SPACE}, {"train.epochs": 20})
     study_dir = tmp_path / "study"
