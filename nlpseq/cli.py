@@ -234,7 +234,9 @@ def export(run_dir: str, export_format: str, out_dir: str | None) -> None:
               help="Longest text (characters) a request may send.")
 @click.option("--max-texts", default=256, show_default=True, type=click.IntRange(min=1),
               help="Most texts in one request.")
-@click.option("--threads", default=0, help="torch / ONNX Runtime threads (0 = default).")
+@click.option("--threads", default=1, show_default=True,
+              help="torch / ONNX Runtime threads of the model (0 = their default); one leaves "
+                   "a core to the HTTP event loop.")
 def serve(run_dir: str, host: str, port: int, backend: str, max_batch: int, wait_ms: float,
           max_length: int, max_texts: int, threads: int) -> None:
     """Serve RUN_DIR's model over HTTP: POST /predict, /generate or /translate, GET /health
