@@ -327,6 +327,7 @@ def tune(
     ``nlpseq train`` accepts) and plots are written to ``out_dir``. ``storage`` is an Optuna
     storage URL (default: SQLite in ``out_dir``); ``seed`` seeds the sampler (default: the
     pipeline's ``train.seed``); ``quiet`` keeps only one line per trial from the log."""
+    require_optuna()
     search = load_search(pipeline, space, overrides)
     clock = SearchClock(minutes, trial_minutes or search.config.train.max_minutes)
     out = _study_dir(out_dir)
@@ -340,6 +341,14 @@ def tune(
         finally:
             write_results(study, search, out, log)
     return study
+
+
+def require_optuna() -> None:
+    """Raise a one-line NlpseqError saying how to install Optuna when it is missing."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise NlpseqError("nlpseq tune needs Optuna: pip install 'nlpseq[tune]'") from None
 
 
 def _study_dir(out_dir: str | Path) -> Path:
