@@ -95,6 +95,13 @@ PIPELINES: dict[str, dict[str, Any]] = {
                   "evals_per_epoch": 1, "seed": 3, **_CPU},
         "eval": {"beam": 3},
     },
+    "forecast": {
+        "task": "forecast",
+        "data": {"format": "m4"},
+        "model": {"hidden_size": 8, "input_length": 8, "patch": 4, "horizon": 4, "season": 4},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.01, "seed": 3, "curves": False,
+                  **_CPU},
+    },
 }
 
 
