@@ -127,7 +127,7 @@ def _input_lines(input_file: str):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--input", "input_file", default="-", show_default=True,
               help="Source sentences, one per line (- reads stdin).")
-@click.option("--beam", type=click.IntRange(min=1), default=None,
+@click.option("--beam", type=click.IntRange(min=1, max=1000), default=None,
               help="Beam size; 1 is greedy decoding [default: the run's eval.beam].")
 @click.option("--attention-plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Write the attention heat map (PNG) of the translation to this file; with "
@@ -277,7 +277,7 @@ def serve(run_dir: str, host: str, port: int, backend: str, max_batch: int, wait
 @click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
               help="With --run: the backend(s) to time, in alternating rounds (repeatable; "
                    "default torch).")
-@click.option("--beam", type=click.IntRange(min=1), default=None,
+@click.option("--beam", type=click.IntRange(min=1, max=1000), default=None,
               help="With --run on a translate run: beam size [default: the run's eval.beam].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(corpora: str, batch_size: int, hidden_size: int, pooling: str,

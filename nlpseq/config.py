@@ -164,7 +164,8 @@ class EvalConfig:
 
     metric: str = key("", help="dev metric for model selection (\"\" = the task's default)")
     batch_size: int = key(256, low=1, help="examples per evaluation batch")
-    beam: int = key(5, low=1, help="beam size of evaluate and translate (1 = greedy)",
+    beam: int = key(5, low=1, high=1000, help="beam size of evaluate and translate (1 = "
+                    "greedy; at most nlpseq.decoding.MAX_BEAM)",
                     tasks=_TRANSLATE)
 
 

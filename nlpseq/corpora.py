@@ -72,6 +72,16 @@ class _RawBytes:
             line = self._lines + 1 if self._lines else None
             raise _gzip_error(err, self.path, line) from None
 
+    def readline(self, limit: int = -1) -> bytes:
+        """One line of at most ``limit`` bytes (the rest of a longer line comes next)."""
+        try:
+            raw = self._handle.readline(limit)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            line = self._lines + 1 if self._lines else None
+            raise _gzip_error(err, self.path, line) from None
+        self._lines += bool(raw)
+        return raw
+
     def read(self) -> bytes:
         """The whole (decompressed) file."""
         try:
@@ -100,12 +110,32 @@ def check_utf8(path: str | Path) -> None:
 _BOM = "\ufeff"
 
 
+#: longest line any reader takes (a text of about 200,000 words)
+MAX_LINE_BYTES = 1 << 20
+
+
+def _bounded_lines(handle: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of ``handle``; one longer than :data:`MAX_LINE_BYTES` comes out cut just
+    past the limit, so that the caller can refuse it without reading the rest."""
+    readline = getattr(handle, "readline", None)
+    if readline is None:
+        yield from handle
+        return
+    while raw := readline(MAX_LINE_BYTES + 1):
+        yield raw
+
+
 def _decode_lines(
     handle: Iterable[bytes], name: str | Path, *, keep_ends: bool = False
 ) -> Iterator[tuple[int, str]]:
     """Numbered lines without a leading byte order mark; without ``keep_ends`` also without
-    the line end (LF or CRLF); with it, CRLF becomes LF."""
-    for number, raw in enumerate(handle, 1):
+    the line end (LF or CRLF); with it, CRLF becomes LF. A line longer than
+    :data:`MAX_LINE_BYTES` is an error (read in pieces of that size, so memory stays bounded
+    on a file without line breaks)."""
+    for number, raw in enumerate(_bounded_lines(handle), 1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise NlpseqError(f"line is longer than {MAX_LINE_BYTES:,} bytes (the most nlpseq "
+                              "reads as one line); split it", name, number)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -190,6 +220,7 @@ def read_labelled(
     labels: list[str | None] = []
     for line, row in rows:
         text, label = _value(row.get(text_column)), _value(row.get(label_column))
+        label = label.strip() if label is not None else None  # "pos " is the label pos
         if text is None:
             raise NlpseqError(f"row has no value in column {text_column!r}", path, line)
         if require_labels and label is None:
@@ -243,7 +274,7 @@ def _delimited_rows(
     for start, fields in _split_rows(lines, fmt, path):
         if header is None:
             if "".join(fields).strip():  # a file of blank lines is empty, not headed by one
-                header, header_line = fields, start
+                header, header_line = [name.strip() for name in fields], start
         elif len(fields) != len(header):
             raise NlpseqError(
                 f"row has {len(fields)} {fmt.upper()} fields, the header has {len(header)}",
@@ -254,14 +285,31 @@ def _delimited_rows(
     return header or [], header_line, rows
 
 
+def _is_quoted(field: str) -> bool:
+    return len(field) >= 2 and field[0] == field[-1] == '"'
+
+
+def _unquote(field: str, path: Path, line: int) -> str:
+    """A TSV field of a quoted file without its quotes, doubled quotes inside made single."""
+    inner = field[1:-1] if _is_quoted(field) else field
+    if _is_quoted(field) and inner.replace('""', "").count('"'):
+        raise NlpseqError(f"field {field[:30]!r} has a lone quote inside; quotes within a "
+                          "quoted TSV field are doubled", path, line)
+    return inner.replace('""', '"') if _is_quoted(field) else field
+
+
 def _split_rows(
     lines: Iterator[tuple[int, str]], fmt: str, path: Path
 ) -> Iterator[tuple[int, list[str]]]:
     """Non-blank rows of a TSV (split on tabs) or CSV file, with the line each starts on."""
     if fmt == "tsv":
+        quoted = None  # decided by the first row: every field quoted, as spreadsheets export
         for number, line in lines:
             if line:
-                yield number, line.split("\t")
+                fields = line.split("\t")
+                if quoted is None:
+                    quoted = all(_is_quoted(f) for f in fields)
+                yield number, [_unquote(f, path, number) for f in fields] if quoted else fields
         return
     numbers = [0]  # the line the csv module last took
 

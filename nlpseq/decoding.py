@@ -41,8 +41,9 @@ def check_sampling_options(
 ) -> None:
     """Raise ValueError for options outside their domain (temperature >= 0, top_k >= 1,
     0 < top_p <= 1)."""
-    if not temperature >= 0.0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not 0.0 <= temperature < math.inf:  # also rejects NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), "
+                         f"got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -126,9 +127,19 @@ class Hypothesis:
     attention: Tensor | None = field(default=None, compare=False, repr=False)
 
 
+#: most tokens a decoding makes per sequence (its token buffer is allocated up front)
+MAX_GENERATE_LENGTH = 1_000_000
+
+
+#: widest beam: each sentence decodes this many rows at once
+MAX_BEAM = 1000
+
+
 def max_target_lengths(source_lengths: Tensor, a: float = 1.5, b: int = 10) -> Tensor:
-    """``floor(a * len + b)`` output steps per sentence (``<eos>`` step included), at least 1."""
-    return (source_lengths.float() * a + b).floor().long().clamp(min=1)
+    """``floor(a * len + b)`` output steps per sentence (``<eos>`` step included), at least 1
+    and at most :data:`MAX_GENERATE_LENGTH` (buffers sized by it are allocated up front)."""
+    steps = (source_lengths.float() * a + b).floor().clamp(max=MAX_GENERATE_LENGTH)
+    return steps.long().clamp(min=1)
 
 
 def length_penalty(length: int, alpha: float, kind: LengthNorm = "gnmt") -> float:
@@ -351,8 +362,8 @@ class BeamSearch(DecodeStrategy):
         n_best: int = 1,
         attention: bool = False,
     ):
-        if beam_size < 1:
-            raise ValueError("beam_size must be >= 1")
+        if not 1 <= beam_size <= MAX_BEAM:
+            raise ValueError(f"beam_size must be between 1 and {MAX_BEAM:,}, got {beam_size}")
         if alpha < 0:
             raise ValueError(
                 "alpha must be >= 0 (the stopping test needs a non-decreasing penalty)"
@@ -485,6 +496,12 @@ class BeamSearch(DecodeStrategy):
 # --- entry points -----------------------------------------------------------------------------
 
 
+def check_length(length: int) -> None:
+    """Raise ValueError for a generation length outside 1..:data:`MAX_GENERATE_LENGTH`."""
+    if not 1 <= length <= MAX_GENERATE_LENGTH:
+        raise ValueError(f"length must be between 1 and {MAX_GENERATE_LENGTH:,}, got {length}")
+
+
 def generate(
     step: StepFn,
     prime_tokens: Tensor,
@@ -505,8 +522,7 @@ def generate(
     runs before the first one is asked for. temperature 0 is greedy decoding. The same seed and
     options give the same tokens; seed None draws a fresh seed. Options are checked here.
     """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+    check_length(length)
     check_sampling_options(temperature, top_k, top_p)
     if prime_tokens.numel() == 0:
         raise ValueError("the prompt must have at least one token (e.g. a start token)")
@@ -515,7 +531,7 @@ def generate(
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seed % 2**64)  # any integer; torch takes 64 bits
     sampler = Sampler(temperature, top_k, top_p, generator)
     lengths = torch.tensor([length], device=prompt.device)
     strategy = GreedySearch(lengths, eos_id=None, sampler=sampler)

@@ -124,10 +124,10 @@ def load_vectors(path: str, fmt: str):
         if fmt == "fasttext":
             from gensim.models.fasttext import load_facebook_vectors
 
-            return load_facebook_vectors(str(file))
-        return KeyedVectors.load_word2vec_format(
+            return _finite(load_facebook_vectors(str(file)), file, fmt)
+        return _finite(KeyedVectors.load_word2vec_format(
             str(file), binary=fmt == "word2vec-binary", no_header=fmt == "glove"
-        )
+        ), file, fmt)
     except UnicodeDecodeError:
         raise NlpseqError("embeddings file is not valid UTF-8", file) from None
     except (ValueError, EOFError) as err:
@@ -135,6 +135,21 @@ def load_vectors(path: str, fmt: str):
             line, problem = _locate_bad_row(file, header=fmt == "word2vec")
             raise NlpseqError(f"bad embeddings row: {problem}", file, line or None) from None
         raise NlpseqError(f"cannot read embeddings: {err}", file) from None
+
+
+def _finite(vectors, file: Path, fmt: str):
+    """``vectors``, unless a row holds NaN or an infinity (which would turn every loss that
+    touches the word into NaN): then an error naming the word and, in text files, its line."""
+    finite = np.isfinite(vectors.vectors).all(axis=1)
+    if finite.all():
+        return vectors
+    word = vectors.index_to_key[int(np.argmin(finite))]
+    line = None
+    if fmt in ("glove", "word2vec"):
+        with open(file, encoding="utf-8", errors="replace") as handle:
+            line = next((n for n, row in enumerate(handle, 1)
+                         if row.split(" ", 1)[0] == word and n > (fmt == "word2vec")), None)
+    raise NlpseqError(f"the vector of {word[:40]!r} holds NaN or an infinity", file, line)
 
 
 def align(

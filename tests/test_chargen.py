@@ -95,9 +95,9 @@ def test_cli_generate_empty_prompt_and_unknown_characters(run_dir):
 @pytest.mark.parametrize(
     "option, fragment",
     [
-        (("--length", "0"), "length must be >= 1"),
-        (("--length", "-3"), "length must be >= 1"),
-        (("--temperature", "-0.5"), "temperature must be >= 0"),
+        (("--length", "0"), "length must be between 1 and"),
+        (("--length", "-3"), "length must be between 1 and"),
+        (("--temperature", "-0.5"), "temperature must be a finite number >= 0"),
         (("--top-p", "0"), "top_p must be in (0, 1]"),
         (("--top-p", "1.01"), "top_p must be in (0, 1]"),
         (("--top-k", "0"), "top_k must be >= 1"),

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from nlpseq.checkpoint import save_objects
 from nlpseq.corpora import read_text
-from nlpseq.decoding import check_sampling_options, generate
+from nlpseq.decoding import check_length, check_sampling_options, generate
 from nlpseq.errors import NlpseqError
 from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
 from nlpseq.models.charlm import CharLM, CharLMConfig
@@ -75,6 +75,10 @@ def describe(chars: list[str], limit: int = 20) -> str:
     """Characters for a message, escaped so that newlines and spaces are visible."""
     shown = ", ".join(json.dumps(c, ensure_ascii=False) for c in chars[:limit])
     return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+#: characters scored per step of :meth:`ChargenTask.predict` (the state carries across)
+PREDICT_WINDOW = 4096
 
 
 class ChargenTask(Task):
@@ -206,7 +210,8 @@ class ChargenTask(Task):
             if len(ids) < 2:
                 out.append({"loss": None, "bpc": None, "perplexity": None, "n_chars": 0})
             else:
-                out.append(evaluate_stream(self.model, ids, 1, len(ids), self.device))
+                # windows with the state carried: memory bounded on a long line
+                out.append(evaluate_stream(self.model, ids, 1, PREDICT_WINDOW, self.device))
         return out
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
@@ -245,9 +250,8 @@ class ChargenTask(Task):
         training are reported through ``warn`` and read as the unknown character. Options are
         checked before anything is generated.
         """
-        if length < 1:
-            raise NlpseqError(f"length must be >= 1, got {length}")
         try:
+            check_length(length)
             check_sampling_options(temperature, top_k, top_p)
         except ValueError as err:
             raise NlpseqError(str(err)) from None
