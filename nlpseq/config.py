@@ -88,6 +88,12 @@ class DataConfig:
     hub_config: str = key("", help="configuration of the hub dataset", tasks=_SENTIMENT)
     train_split: str = key("train", help="hub split used for training", tasks=_SENTIMENT)
     dev_split: str = key("validation", help="hub split used as dev data", tasks=_SENTIMENT)
+    id_column: str = key("series_id", help="long layout: column naming each row's series",
+                         tasks=("forecast",))
+    time_column: str = key("timestamp", help="long layout: column of the timestamps (numbers "
+                           "or ISO dates)", tasks=("forecast",))
+    value_column: str = key("value", help="long layout: column of the values",
+                            tasks=("forecast",))
     limit: int = key(0, low=0, help="use at most this many training examples (0 = all)")
 
 

@@ -181,14 +181,31 @@ def read_m4(path: str | Path, *, min_length: int = 1) -> tuple[SeriesSet, Series
     for number, cells in _rows(path):
         if number == 1 and len(cells) > 1 and not _is_number(cells[1].strip() or "0"):
             continue  # a header row ("V1","V2",... in the competition's files)
-        name = cells[0].strip() or f"line {number}"
-        values = [_number(c, path, number, col) for col, c in enumerate(cells[1:], 2)]
-        while values and math.isnan(values[-1]) and not cells[len(values)].strip():
-            values.pop()  # padding, not missing values
-        rows.append((name, values))
+        rows.append(m4_row(cells, path, number))
     if not rows:
         raise NlpseqError("data file has no series", path)
     return _finish(rows, report, path), report
+
+
+def m4_row(cells: list[str], path: str | Path, line: int) -> tuple[str, list[float]]:
+    """``(id, values)`` of one M4-layout row; NaN marks a missing value, trailing empty cells
+    are padding."""
+    name = cells[0].strip() or f"line {line}"
+    values = [_number(c, path, line, col) for col, c in enumerate(cells[1:], 2)]
+    while values and math.isnan(values[-1]) and not cells[len(values)].strip():
+        values.pop()
+    return name, values
+
+
+def parse_m4_line(text: str, path: str | Path, line: int) -> tuple[str, np.ndarray] | None:
+    """One CSV line of the M4 layout -> ``(id, values)`` with missing values interpolated;
+    None for a header line or a row without values."""
+    cells = next(csv.reader([text]))
+    if len(cells) < 2 or not _is_number(cells[1].strip() or "0"):
+        return None
+    name, values = m4_row(cells, path, line)
+    values = _fill(values, SeriesReport(str(path)))
+    return (name, values) if len(values) else None
 
 
 def read_column(path: str | Path, *, min_length: int = 1) -> tuple[SeriesSet, SeriesReport]:
@@ -347,6 +364,11 @@ class WindowBatch:
     def to(self, device: torch.device | str) -> WindowBatch:
         return WindowBatch(*(t.to(device) for t in (self.inputs, self.targets, self.shift,
                                                      self.scale, self.series, self.phase)))
+
+    @property
+    def num_tokens(self) -> int:
+        """Windows in the batch (what the trainer's speed counts)."""
+        return len(self.inputs)
 
     def denormalise(self, values: Tensor) -> Tensor:
         """``(B, H[, Q])`` normalised forecasts -> the series' own scale."""

@@ -16,6 +16,7 @@ TASKS: dict[str, str | type[Task]] = {
     "ner": "nlpseq.tasks.ner:NerTask",
     "chargen": "nlpseq.tasks.chargen:ChargenTask",
     "translate": "nlpseq.tasks.translate:TranslateTask",
+    "forecast": "nlpseq.tasks.forecast:ForecastTask",
 }
 
 
