@@ -117,7 +117,8 @@ def load_search(
     config = load_config(pipeline, tuple(overrides))  # the pipeline's own errors first
     text = Path(pipeline).read_text(encoding="utf-8")
     raw = yaml.safe_load(text)
-    section, where, lines = raw.pop("tune", None), str(pipeline), _tune_lines(text, True)
+    where = str(pipeline)
+    section, lines = raw.pop("tune", None), _tune_lines(text, True, where)
     if space_file is not None:  # the pipeline's own tune section, if any, is not used
         section, where, lines = _read_space_file(space_file)
     if section is None:
@@ -139,10 +140,10 @@ def _read_space_file(path: str | Path) -> tuple[Any, str, dict[str, int]]:
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise NlpseqError(f"cannot read the search space: {err}", path) from None
     nested = isinstance(doc, dict) and "tune" in doc
-    return (doc["tune"] if nested else doc), str(path), _tune_lines(text, nested)
+    return (doc["tune"] if nested else doc), str(path), _tune_lines(text, nested, str(path))
 
 
-def _tune_lines(text: str, nested: bool) -> dict[str, int]:
+def _tune_lines(text: str, nested: bool, path: str) -> dict[str, int]:
     """1-based lines of ``tune``'s keys and of each ``space`` entry (``space.model.dropout``)."""
     lines: dict[str, int] = {}
     try:
@@ -161,7 +162,11 @@ def _tune_lines(text: str, nested: bool) -> dict[str, int]:
         lines[str(key_node.value)] = key_node.start_mark.line + 1
         if key_node.value == "space" and isinstance(value_node, yaml.MappingNode):
             for entry, _ in value_node.value:
-                lines[f"space.{entry.value}"] = entry.start_mark.line + 1
+                name, line = f"space.{entry.value}", entry.start_mark.line + 1
+                if name in lines:  # YAML loaders keep the last silently, hiding the first
+                    raise NlpseqError(f"tune.{name} is written twice (first on line "
+                                      f"{lines[name]})", path, line)
+                lines[name] = line
     return lines
 
 

@@ -304,6 +304,10 @@ def test_a_space_file_error_names_the_space_file(tmp_path, corpus):
                      encoding="utf-8")
     result = invoke("tune", pipeline, "--out", tmp_path / "study", "--space", space)
     assert_one_line_error(result, f"{space}:4: tune.space: model.dropout: must be in [0, 1)")
+    space.write_text("space:\n  train.lr: [0.01]\n  train.lr: [0.02]\n", encoding="utf-8")
+    twice = invoke("tune", pipeline, "--out", tmp_path / "study", "--space", space)
+    assert_one_line_error(twice, f"{space}:3: tune.space.train.lr is written twice (first on "
+                                 "line 2)")
     no_section = invoke("tune", pipeline, "--out", tmp_path / "study")
     assert_one_line_error(no_section, f"{pipeline}: no tune section")
 
