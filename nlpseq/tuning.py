@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import difflib
 import io
 import math
 import os
@@ -182,8 +183,6 @@ def _parse_spec(section: Any, search: Search, path: str, lines: dict[str, int],
                           lines.get(""))
     for name in section:
         if name not in TUNE_KEYS:
-            import difflib
-
             close = difflib.get_close_matches(str(name), TUNE_KEYS, n=1)
             hint = f"; did you mean tune.{close[0]}?" if close else f" ({', '.join(TUNE_KEYS)})"
             raise NlpseqError(f"unknown key tune.{name}{hint}", path, lines.get(str(name)))
