@@ -13,6 +13,7 @@ from helpers import ROOT, assert_one_line_error, invoke, write_pipeline
 import nlpseq
 from nlpseq.errors import NlpseqError
 from nlpseq.series import read_series
+from nlpseq.tasks.forecast import forecast_figure, forecast_png
 
 HORIZON, SEASON = 4, 4  # as in the tiny forecast pipeline of helpers.PIPELINES
 
@@ -115,6 +116,21 @@ def test_forecast_csv_rows(run):
     assert lines[1].startswith("s1,1,") and lines[HORIZON].startswith(f"s1,{HORIZON},")
     with pytest.raises(NlpseqError, match="forecasts points only"):
         list(result.task.forecast_csv(files["train"], quantiles=True))
+
+
+def test_forecast_picture(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    result, files = run
+    series, forecasts = result.task.forecast_file(files["train"])
+    figure = forecast_figure(series, forecasts, result.task.config.model.levels, ["s2", "s3"])
+    assert [axes.get_title(loc="left") for axes in figure.axes] == ["s2", "s3"]
+    line = figure.axes[0].get_lines()[1]  # the forecast follows three horizons of history
+    assert list(line.get_xdata()) == list(range(12, 16))
+    np.testing.assert_allclose(line.get_ydata(), forecasts[1, :, 0])
+    path = forecast_png(series, forecasts, (0.5,), tmp_path / "f.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(NlpseqError, match="no series 'zz' to draw"):
+        forecast_figure(series, forecasts, (0.5,), ["zz"])
 
 
 def test_bad_input_at_forecast_time(run, tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from nlpseq.series import (
     read_series,
 )
 from nlpseq.tasks.base import Log, Task, shard
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SERIES = "series.json"
 
@@ -291,6 +294,43 @@ class ForecastTask(Task):
             return json.dumps(result)
         return ",".join([_csv_cell(result["series_id"]),
                          *(f"{v:.6g}" for v in result["forecast"])])
+
+
+def forecast_figure(series: SeriesSet, forecasts: np.ndarray, levels: Sequence[float],
+                    ids: Sequence[str] = (), history: int = 0) -> Figure:
+    """One panel per chosen series (``ids``; default the first four): its last ``history``
+    values (default three horizons) and the forecast after them, shaded between the outermost
+    quantile levels when there are several. ``forecasts`` is ``(n, horizon, Q)``."""
+    from nlpseq.plot import new_figure
+
+    chosen = list(ids) or list(series.ids[:4])
+    index = {sid: i for i, sid in enumerate(series.ids)}
+    unknown = [sid for sid in chosen if sid not in index]
+    if unknown:
+        raise NlpseqError(f"no series {unknown[0]!r} to draw")
+    horizon = forecasts.shape[1]
+    history = history or 3 * horizon
+    figure = new_figure(8.0, 2.2 * len(chosen))
+    for axes, sid in zip(figure.subplots(len(chosen), 1, squeeze=False)[:, 0], chosen):
+        past = series.numpy(index[sid])[-history:]
+        ahead = np.arange(len(past), len(past) + horizon)
+        bands = forecasts[index[sid]]  # (horizon, Q)
+        axes.plot(np.arange(len(past)), past, color="black", linewidth=1, label="history")
+        axes.plot(ahead, bands[:, list(levels).index(0.5)], color="tab:blue", label="forecast")
+        if len(levels) > 1:
+            axes.fill_between(ahead, bands[:, 0], bands[:, -1], color="tab:blue", alpha=0.2,
+                              label=f"{levels[0]:g} to {levels[-1]:g} quantiles")
+        axes.set_title(sid, fontsize=9, loc="left")
+        axes.legend(fontsize=7, loc="upper left")
+    return figure
+
+
+def forecast_png(series: SeriesSet, forecasts: np.ndarray, levels: Sequence[float],
+                 path: str | Path, ids: Sequence[str] = ()) -> Path:
+    """:func:`forecast_figure` saved as PNG at ``path``."""
+    from nlpseq.plot import save_png
+
+    return save_png(forecast_figure(series, forecasts, levels, ids), path)
 
 
 def _note(report: SeriesReport) -> None:
