@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,11 +131,19 @@ def load_vectors(path: str, fmt: str):
         ), file, fmt)
     except UnicodeDecodeError:
         raise NlpseqError("embeddings file is not valid UTF-8", file) from None
-    except (ValueError, EOFError) as err:
+    except NlpseqError:
+        raise
+    except Exception as err:  # gensim's parsers raise many types on malformed files
+        if file.stat().st_size == 0:
+            raise NlpseqError("embeddings file is empty", file) from None
         if fmt in ("glove", "word2vec"):
-            line, problem = _locate_bad_row(file, header=fmt == "word2vec")
+            try:
+                line, problem = _locate_bad_row(file, header=fmt == "word2vec")
+            except (OSError, EOFError, zlib.error):  # damaged gzip data
+                line, problem = 0, "the gzip data is damaged or ends early"
             raise NlpseqError(f"bad embeddings row: {problem}", file, line or None) from None
-        raise NlpseqError(f"cannot read embeddings: {err}", file) from None
+        problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NlpseqError(f"cannot read embeddings: {problem}", file) from None
 
 
 def _finite(vectors, file: Path, fmt: str):

@@ -179,3 +179,126 @@ def test_long_chargen_line_is_scored_in_windows_as_one_text(runs):  # noqa: F811
     (windowed,) = task.predict([text])
     assert windowed["n_chars"] == whole["n_chars"] == len(text) - 1
     assert math.isclose(windowed["loss"], whole["loss"], rel_tol=1e-5)
+
+
+# --- property-based: random bytes and random YAML -----------------------------------------
+# The only outcomes allowed are a result or NlpseqError; anything else (a traceback) fails.
+# make test runs a bounded number of examples; the slow marker runs many more.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FAST = settings(max_examples=50, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+LONG = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# bytes that look like the files: separators, quotes, tags, numbers, BOM, CR, invalid UTF-8
+PIECES = [b"\t", b",", b'"', b"\n", b"\r\n", b" ", b"\xef\xbb\xbf", b"label", b"text", b"pos",
+          b"B-PER", b"I-LOC", b"O", b"-DOCSTART-", b"0.5", b"nan", b"1e999", b"-", b"{", b"}",
+          b'{"text": "a", "label": "b"}', b"[", b"]", b":", b"\xff", b"\xc3", b"\x00", b"2 3"]
+FILE_BYTES = st.one_of(st.binary(max_size=300),
+                       st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join))
+
+
+def _in_file(data: bytes, suffix: str, call) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"input{suffix}"
+        path.write_bytes(data)
+        try:
+            call(path)
+        except NlpseqError:
+            pass
+
+
+def _readers(path: Path) -> None:
+    from nlpseq.corpora import read_conll, read_parallel, read_text
+    from nlpseq.embeddings import load_vectors
+
+    for name in ("tsv", "csv", "jsonl"):
+        _attempt(lambda name=name: read_labelled(path, name))
+    for scheme in (None, "iob1", "iob2", "bioes"):
+        _attempt(lambda scheme=scheme: read_conll(path, -1, scheme))
+    _attempt(lambda: read_parallel(path, path))
+    _attempt(lambda: read_text(path))
+    _attempt(lambda: list(read_lines(path)))
+    for fmt in ("glove", "word2vec", "word2vec-binary"):
+        _attempt(lambda fmt=fmt: load_vectors(str(path), fmt))
+
+
+def _attempt(call) -> None:
+    try:
+        call()
+    except NlpseqError:
+        pass
+
+
+def check_readers(data: bytes) -> None:
+    _in_file(data, ".txt", _readers)
+
+
+def check_gzip_readers(data: bytes) -> None:
+    import gzip
+
+    _in_file(gzip.compress(data)[: max(len(data) // 2, 10)] if data else b"",
+             ".txt.gz", _readers)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                     st.text(max_size=20), st.sampled_from(["nan", ".inf", "${HOME}", "${X:-"]))
+_SECTIONS = ["task", "data", "tokenizer", "embeddings", "model", "train", "eval", "tune", "x"]
+_KEYS = ["format", "train", "dev", "kind", "lr", "epochs", "beam", "hidden_size", "pooling",
+         "tag_scheme", "seed", "cell", "max_size", "batch_size", "resume", "unknown"]
+YAML_DOCS = st.one_of(
+    st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                    st.dictionaries(st.text(max_size=8), inner,
+                                                                    max_size=4)),
+                 max_leaves=20),
+    st.fixed_dictionaries({"task": st.sampled_from(["sentiment", "ner", "chargen",
+                                                     "translate", "nope", 3])},
+                          optional={s: st.dictionaries(st.sampled_from(_KEYS), _SCALARS,
+                                                       max_size=5) for s in _SECTIONS[1:]}),
+)
+
+
+def check_config_yaml(document, raw: bytes) -> None:
+    import yaml
+
+    from nlpseq.config import load_config
+
+    text = yaml.safe_dump(document, allow_unicode=True).encode()
+    for data in (text, raw, text[: len(text) // 2]):
+        _in_file(data, ".yaml", load_config)
+
+
+@FAST
+@given(FILE_BYTES)
+def test_random_bytes_into_every_reader(data):
+    check_readers(data)
+
+
+@FAST
+@given(FILE_BYTES)
+def test_random_bytes_into_every_reader_through_gzip(data):
+    check_gzip_readers(data)
+
+
+@FAST
+@given(YAML_DOCS, FILE_BYTES)
+def test_random_yaml_into_the_config_loader(document, raw):
+    check_config_yaml(document, raw)
+
+
+@pytest.mark.slow
+@LONG
+@given(FILE_BYTES)
+def test_random_bytes_into_every_reader_long(data):
+    check_readers(data)
+    check_gzip_readers(data)
+
+
+@pytest.mark.slow
+@LONG
+@given(YAML_DOCS, FILE_BYTES)
+def test_random_yaml_into_the_config_loader_long(document, raw):
+    check_config_yaml(document, raw)
