@@ -204,6 +204,38 @@ def generate(run_dir: str, prompt: str, length: int, temperature: float, top_k: 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--input", "input_file", required=True,
+              help="Series to continue: M4 rows, long CSV/TSV or one column (as data.format).")
+@click.option("--horizon", type=click.IntRange(min=1), default=None,
+              help="Values to forecast [default: the model's horizon].")
+@click.option("--quantiles", is_flag=True, help="Add the model's quantile columns (q10, q90).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
+              help="Also draw history and forecasts as PNG (the series of --plot-series).")
+@click.option("--plot-series", default="", help="Comma-separated ids to draw [default: the "
+              "first four].")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+def forecast(run_dir: str, input_file: str, horizon: int | None, quantiles: bool,
+             plot_file: str | None, plot_series: str, device: str) -> None:
+    """Forecast each series of INPUT with RUN_DIR's model: CSV series_id,step,forecast."""
+    import nlpseq
+
+    task = nlpseq.load(run_dir, device).require("forecast")
+    if plot_file:
+        from nlpseq.plot import require_matplotlib
+
+        require_matplotlib()
+    series, out = task.forecast_file(input_file, horizon, quantiles)
+    for line in task.csv_lines(series, out, quantiles):
+        click.echo(line)
+    if plot_file:
+        from nlpseq.tasks.forecast import forecast_png
+
+        ids = [s.strip() for s in plot_series.split(",") if s.strip()]
+        forecast_png(series, out, task.config.model.levels, plot_file, ids)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx",
               show_default=True, help="Export format.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,

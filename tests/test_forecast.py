@@ -3,6 +3,7 @@ CLI; bad input as one-line errors; the shipped demo pipeline."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -108,14 +109,22 @@ def test_cli_predict_one_series_a_line(run):
     assert plain.startswith("s1,") and len(plain.strip().split(",")) == 1 + HORIZON
 
 
-def test_forecast_csv_rows(run):
+def test_cli_forecast_writes_csv_and_a_picture(run, tmp_path):
     result, files = run
-    lines = list(result.task.forecast_csv(files["train"]))
-    assert lines[0] == "series_id,step,forecast"
-    assert len(lines) == 1 + 3 * HORIZON
-    assert lines[1].startswith("s1,1,") and lines[HORIZON].startswith(f"s1,{HORIZON},")
-    with pytest.raises(NlpseqError, match="forecasts points only"):
-        list(result.task.forecast_csv(files["train"], quantiles=True))
+    out = invoke("forecast", result.run_dir, "--input", files["train"], "--horizon", 3,
+                 check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "series_id,step,forecast" and len(lines) == 1 + 3 * 3
+    assert lines[1].startswith("s1,1,") and lines[3].startswith("s1,3,")
+    expected = result.task.forecast({"s1": SERIES["s1"]}, horizon=3)[0]
+    np.testing.assert_allclose([float(line.split(",")[2]) for line in lines[1:4]], expected,
+                               rtol=1e-5)
+    bad = invoke("forecast", result.run_dir, "--input", files["train"], "--quantiles")
+    assert_one_line_error(bad, "this model forecasts points only: train it with model.quantiles")
+    if importlib.util.find_spec("matplotlib") is not None:
+        invoke("forecast", result.run_dir, "--input", files["train"], "--plot",
+               tmp_path / "f.png", "--plot-series", "s3", check=True)
+        assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_forecast_picture(run, tmp_path):
@@ -177,7 +186,7 @@ def test_long_layout_quantiles_and_a_recurrent_decoder(tmp_path):
     bands = task.forecast({"s1": SERIES["s1"]}, horizon=7, quantiles=True)  # past the horizon
     assert bands.shape == (1, 7, 3)
     assert (np.diff(bands, axis=-1) >= 0).all()
-    lines = list(task.forecast_csv(train, quantiles=True))
+    lines = list(task.csv_lines(*task.forecast_file(train, quantiles=True), quantiles=True))
     assert lines[0] == "series_id,step,forecast,q10,q90" and len(lines) == 1 + 3 * HORIZON
     record = task.predict([("s1", SERIES["s1"])], quantiles=True)[0]
     assert set(record["quantiles"]) == {"0.1", "0.5", "0.9"}

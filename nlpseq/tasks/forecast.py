@@ -231,26 +231,27 @@ class ForecastTask(Task):
                                 horizon or self.config.model.horizon)
         return out if quantiles else out[..., self.config.model.levels.index(0.5)]
 
-    def forecast_file(self, path: str | Path, horizon: int | None = None
-                      ) -> tuple[SeriesSet, np.ndarray]:
-        """The series of a file and their forecasts ``(n, horizon, Q)``."""
+    def forecast_file(self, path: str | Path, horizon: int | None = None,
+                      quantiles: bool = False) -> tuple[SeriesSet, np.ndarray]:
+        """The series of a file and their forecasts ``(n, horizon, Q)`` (``quantiles``: refuse
+        a model without quantile outputs before any work)."""
+        if quantiles:
+            self._require_quantiles()
         series, report = self.read(path, self.config.model.input_length)
         _note(report)
         out, _ = self._forecast(self.model, series, horizon or self.config.model.horizon)
         return series, out
 
-    def forecast_csv(self, path: str | Path, horizon: int | None = None,
-                     quantiles: bool = False) -> Iterator[str]:
-        """CSV lines ``series_id,step,forecast[,q10,q90]`` (steps from 1) for a file's series."""
+    def csv_lines(self, series: SeriesSet, forecasts: np.ndarray,
+                  quantiles: bool = False) -> Iterator[str]:
+        """CSV ``series_id,step,forecast[,q10,q90]`` (steps from 1) for forecasts
+        ``(n, horizon, Q)`` of ``series``, header first."""
         levels = self.config.model.levels
-        if quantiles:
-            self._require_quantiles()
-        series, out = self.forecast_file(path, horizon)
-        extra = [i for i, q in enumerate(levels) if q != 0.5] if quantiles else []
         point = levels.index(0.5)
-        yield ",".join(["series_id", "step", "forecast", *(f"q{levels[i] * 100:g}"
-                                                          for i in extra)])
-        for sid, rows in zip(series.ids, out):
+        extra = [i for i, q in enumerate(levels) if i != point] if quantiles else []
+        yield ",".join(["series_id", "step", "forecast",
+                        *(f"q{levels[i] * 100:g}" for i in extra)])
+        for sid, rows in zip(series.ids, forecasts):
             for step, row in enumerate(rows, 1):
                 yield ",".join([_csv_cell(sid), str(step),
                                 *(f"{row[i]:.6g}" for i in [point, *extra])])
