@@ -8,6 +8,12 @@ cannot be built (no compiler, an unusual torch), :func:`load` warns once and ret
 and the models and optimizer fall back to torch's own kernels. ``NLPSEQ_NATIVE=0`` turns it
 off.
 
+The cache folder is created private to the user (0700); one that another user owns or others
+may write into is refused (with the warning, torch's kernels run), since every command loads
+what it holds. A cached library that fails to load is built again, once; a failed build is
+remembered (a ``.failed`` file per source, torch, CPU and compiler) instead of re-running the
+compiler on every command. ``CXX`` may hold a command with arguments (``CXX="ccache g++"``).
+
 Not ``torch.utils.cpp_extension.load``: its build lock is a bare file, so a build killed midway
 (Ctrl-C, OOM) leaves every later process waiting on it forever, and importing it costs 0.1-0.4 s.
 """
@@ -18,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,14 +57,38 @@ def _cpu_flags() -> str:
         return platform.processor()
 
 
+def _compiler() -> list[str]:
+    """The C++ compiler command: ``$CXX`` split as a shell would (``CXX="ccache g++"``), else
+    ``c++`` or ``g++`` from the PATH."""
+    if os.environ.get("CXX", "").strip():
+        return shlex.split(os.environ["CXX"])
+    found = shutil.which("c++") or shutil.which("g++")
+    if found is None:
+        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
+    return [found]
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` readable by its owner only; refuse one that another user owns or
+    that others may write into (they could plant a library that every command then loads)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"the kernel cache {folder} belongs to another user; set "
+                           "NLPSEQ_CACHE to a folder of your own")
+    if info.st_mode & 0o002:
+        raise RuntimeError(f"the kernel cache {folder} is writable by others; chmod 700 it "
+                           "(and delete what you did not build there) or set NLPSEQ_CACHE")
+
+
 def _compile_command(sources: tuple[Path, ...], target: Path) -> list[str]:
     from torch.utils import cpp_extension
 
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
+    compiler = _compiler()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    command = [compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp",
+    command = [*compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp",
                # the loops call an exp made of plain arithmetic; these let them vectorise
                "-fno-trapping-math", "-fno-math-errno", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
     if platform.machine() in ("x86_64", "AMD64"):
@@ -84,9 +115,15 @@ def build(sources: tuple[Path, ...] = SOURCES) -> Path:
     folder = cache_dir()
     suffix = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
     target = folder / f"nlpseq_native_{key.hexdigest()[:16]}{suffix}"
+    _private_folder(folder)
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    compiler = _compiler()
+    key.update(" ".join(compiler).encode())
+    failed = folder / f"nlpseq_native_{key.hexdigest()[:16]}.failed"
+    if failed.exists():  # the same sources and compiler failed before: not again each command
+        raise RuntimeError(f"{failed.read_text(encoding='utf-8').strip()} (an earlier build; "
+                           f"delete {failed} to try again)")
     names = ", ".join(source.name for source in sources)
     print(f"native: compiling {names} into {folder} (once, about 20 s)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
@@ -99,9 +136,22 @@ def build(sources: tuple[Path, ...] = SOURCES) -> Path:
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if "error" in line]
             detail = lines[0] if lines else done.stderr.strip()[-300:]
-            raise RuntimeError(f"compiling {names} failed: {detail}")
+            message = f"compiling {names} with {' '.join(compiler)} failed: {detail}"
+            failed.write_text(message + "\n", encoding="utf-8")
+            raise RuntimeError(message)
         os.replace(partial, target)
     return target
+
+
+def _load_library() -> None:
+    """Load the built library; one that fails to load (a damaged or foreign file in the
+    cache) is deleted and built again, once."""
+    path = build()
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError):
+        Path(path).unlink(missing_ok=True)
+        torch.ops.load_library(str(build()))
 
 
 def load() -> bool:
@@ -112,7 +162,7 @@ def load() -> bool:
         if os.environ.get("NLPSEQ_NATIVE", "1") == "0":
             return False
         try:
-            torch.ops.load_library(str(build()))
+            _load_library()
             _state["ok"] = True
         except Exception as error:  # any failure here only costs speed
             warnings.warn(

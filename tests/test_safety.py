@@ -373,3 +373,109 @@ def test_resume_keeps_the_learning_rate_schedule(schedule, tmp_path, monkeypatch
     final = [ckpt.RunDir(tmp_path / name).file(ckpt.LAST_WEIGHTS).read_bytes()
              for name in ("straight", "killed")]
     assert final[0] == final[1]
+
+
+# --- the native kernel cache --------------------------------------------------------------
+@pytest.fixture
+def fake_compiler(tmp_path, monkeypatch):
+    """A stand-in C++ compiler that logs each call and writes a (not loadable) library; with
+    ``fail`` it fails the way g++ does. Returns (make(fail) -> command, calls())."""
+    from nlpseq import native
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.delenv("NLPSEQ_NATIVE", raising=False)
+    monkeypatch.setenv("NLPSEQ_CACHE", str(tmp_path / "cache"))
+
+    def make(fail: bool = False, name: str = "fakecc") -> str:
+        script = tmp_path / name
+        body = ('echo "x.cpp:1:1: error: boom" >&2; exit 1' if fail else
+                'while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done; '
+                'echo not-a-library > "$out"')
+        script.write_text(f'#!/bin/sh\necho "$0" >> {log}\n{body}\n')
+        script.chmod(0o755)
+        return str(script)
+
+    def calls() -> list[str]:
+        return log.read_text().split() if log.exists() else []
+
+    return make, calls
+
+
+def test_kernel_cache_is_private_and_ccache_style_cxx_works(fake_compiler, tmp_path,
+                                                            monkeypatch):
+    from nlpseq import native
+
+    make, calls = fake_compiler
+    wrapper = tmp_path / "wrap"
+    wrapper.write_text(f'#!/bin/sh\necho wrap >> {tmp_path / "calls.log"}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", f"{wrapper} {make()}")  # as CXX="ccache g++"
+    library = native.build()
+    assert library.read_text() == "not-a-library\n"
+    assert calls() == ["wrap", str(tmp_path / "fakecc")]
+    assert (native.cache_dir().stat().st_mode & 0o777) == 0o700
+    assert native.build() == library and len(calls()) == 2  # cached: no second compile
+
+
+@pytest.mark.parametrize("problem", ["writable by others", "belongs to another user"])
+def test_kernel_cache_others_could_write_is_refused(problem, fake_compiler, monkeypatch):
+    import os
+
+    from nlpseq import native
+
+    make, calls = fake_compiler
+    monkeypatch.setenv("CXX", make())
+    folder = native.cache_dir()
+    folder.mkdir(parents=True)
+    if problem == "writable by others":
+        folder.chmod(0o777)
+    else:
+        uid = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    with pytest.warns(RuntimeWarning, match=problem):
+        assert native.load() is False  # torch's kernels run
+    assert calls() == []  # nothing built into (or loaded from) that folder
+
+
+def test_a_failed_build_is_remembered_per_compiler(fake_compiler, monkeypatch):
+    from nlpseq import native
+
+    make, calls = fake_compiler
+    monkeypatch.setenv("CXX", make(fail=True))
+    with pytest.raises(RuntimeError, match="error: boom"):
+        native.build()
+    with pytest.raises(RuntimeError, match=r"error: boom.*an earlier build; delete .*\.failed"):
+        native.build()
+    assert len(calls()) == 1  # the compiler ran once
+    monkeypatch.setenv("CXX", make(name="othercc"))  # another compiler is tried
+    native.build()
+    assert len(calls()) == 2
+
+
+def test_a_cached_library_that_fails_to_load_is_rebuilt_once(fake_compiler, monkeypatch):
+    from nlpseq import native
+
+    make, calls = fake_compiler
+    monkeypatch.setenv("CXX", make())
+    native.build()
+    loads = []
+
+    def load_library(path):
+        loads.append(path)
+        if len(loads) == 1:
+            raise OSError("invalid ELF header")
+
+    monkeypatch.setattr(torch.ops, "load_library", load_library)
+    assert native.load() is True
+    assert len(calls()) == 2 and len(loads) == 2  # built again, loaded the new build
+
+
+def test_a_library_that_never_loads_is_rebuilt_only_once(fake_compiler, monkeypatch):
+    from nlpseq import native
+
+    make, calls = fake_compiler
+    monkeypatch.setenv("CXX", make())
+    with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable"):
+        assert native.load() is False  # the fake library is not an ELF file
+    assert len(calls()) == 2  # the first build, and one rebuild
