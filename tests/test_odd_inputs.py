@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, invoke
+from helpers import ROOT, assert_one_line_error, invoke
 from test_safety import PREDICT, runs  # noqa: F401  (the shared trained runs fixture)
 
 from nlpseq.corpora import MAX_LINE_BYTES, read_labelled, read_lines
@@ -61,12 +61,23 @@ def test_labels_and_column_names_padded_with_spaces_are_the_same_labels(fmt, tex
     assert data.labels == ["pos", "neg"]
 
 
-def test_windows_text_on_stdin_predicts_as_the_clean_text(runs):  # noqa: F811
-    clean = invoke("predict", runs["sentiment"], "--json", input="a warm film\nso dull\n",
-                   check=True)
-    windows = invoke("predict", runs["sentiment"], "--json",
-                     input="\ufeffa warm film\r\nso dull\r\n".encode(), check=True)
+@pytest.mark.parametrize("task", sorted(PREDICT))
+def test_windows_text_on_stdin_predicts_as_the_clean_text(task, runs):  # noqa: F811
+    """A byte order mark and CRLF line ends on standard input, for every task's prediction
+    (NER's first line is then a CoNLL-or-text guess that must not see the mark)."""
+    command, line = PREDICT[task]
+    clean = invoke(command, runs[task], input=f"{line}\nso dull\n", check=True)
+    windows = invoke(command, runs[task], input=f"\ufeff{line}\r\nso dull\r\n".encode(),
+                     check=True)
     assert windows.stdout == clean.stdout
+
+
+def test_conll_file_with_a_bom_and_crlf_evaluates_as_the_clean_file(runs, tmp_path):  # noqa: F811
+    clean = (ROOT / "corpora/ner/dev.txt").read_text(encoding="utf-8")
+    windows = write(tmp_path / "dev.txt", "\ufeff" + clean.replace("\n", "\r\n"))
+    want = invoke("evaluate", runs["ner"], ROOT / "corpora/ner/dev.txt", "--json", check=True)
+    got = invoke("evaluate", runs["ner"], windows, "--json", check=True)
+    assert got.stdout == want.stdout
 
 
 # --- embeddings ---------------------------------------------------------------------------
