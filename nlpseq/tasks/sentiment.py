@@ -181,12 +181,12 @@ class SentimentTask(Task):
         texts = text_list(texts, "predict")
         probs = self._probabilities(self.model, self.tokenizer.encode_batch(texts))
         names = self.names
-        return [
+        return [  # rows as Python lists: indexing a tensor row by row costs more than the model
             {
-                "label": names[int(row.argmax())],
-                "probabilities": {name: float(p) for name, p in zip(names, row)},
+                "label": names[max(range(len(row)), key=row.__getitem__)],
+                "probabilities": dict(zip(names, row)),
             }
-            for row in probs
+            for row in probs.tolist()
         ]
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
