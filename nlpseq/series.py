@@ -28,6 +28,7 @@ Normalisation = Literal["mean", "last", "zscore", "none"]
 NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
 #: cells read as a missing value (pandas writes NaN as an empty cell, R writes NA)
 MISSING = frozenset({"", "na", "nan", "null", "none"})
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # --- storage ---------------------------------------------------------------------------------
@@ -118,8 +119,9 @@ def _number(cell: str, path: Path, line: int, column: int | str) -> float:
         value = float(text)
     except ValueError:
         raise NlpseqError(f"column {column}: {text[:40]!r} is not a number", path, line) from None
-    if math.isinf(value):
-        raise NlpseqError(f"column {column}: {text!r} is not a finite number", path, line)
+    if not abs(value) <= FLOAT32_MAX:  # stored as float32
+        raise NlpseqError(f"column {column}: {text[:40]!r} is not a finite float32 number",
+                          path, line)
     return value
 
 
@@ -167,9 +169,16 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     for number, line in read_lines(path):
         if line.strip():
             empty = False
-            yield number, next(csv.reader([line], delimiter=delimiter))
+            yield number, _cells(line, delimiter, path, number)
     if empty:
         raise NlpseqError("data file is empty", path)
+
+
+def _cells(line: str, delimiter: str, path: str | Path, number: int) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as err:
+        raise NlpseqError(f"not a CSV line ({err})", path, number) from None
 
 
 def read_m4(path: str | Path, *, min_length: int = 1) -> tuple[SeriesSet, SeriesReport]:
@@ -200,7 +209,7 @@ def m4_row(cells: list[str], path: str | Path, line: int) -> tuple[str, list[flo
 def parse_m4_line(text: str, path: str | Path, line: int) -> tuple[str, np.ndarray] | None:
     """One CSV line of the M4 layout -> ``(id, values)`` with missing values interpolated;
     None for a header line or a row without values."""
-    cells = next(csv.reader([text]))
+    cells = _cells(text, ",", path, line)
     if len(cells) < 2 or not _is_number(cells[1].strip() or "0"):
         return None
     name, values = m4_row(cells, path, line)
@@ -236,7 +245,11 @@ def _is_number(text: str) -> bool:
 def _time_keys(stamps: list[str], lines: list[int], path: Path) -> list[float] | list[datetime]:
     """Timestamps as numbers when every one is, otherwise as ISO dates/times."""
     if all(_is_number(s) for s in stamps):
-        return [float(s) for s in stamps]
+        keys = [float(s) for s in stamps]
+        for key, stamp, line in zip(keys, stamps, lines):
+            if not math.isfinite(key):
+                raise NlpseqError(f"timestamp {stamp[:40]!r} is not a finite number", path, line)
+        return keys
     keys = []
     for stamp, line in zip(stamps, lines):
         try:
@@ -261,12 +274,16 @@ def _in_time_order(name: str, rows: list[tuple[str, int, float]], path: Path) ->
         if not step:
             raise NlpseqError(f"series {name!r}: timestamp {rows[b][0]!r} repeats line "
                               f"{lines[a]}", path, lines[b])
-    values = [rows[order[0]][2]] if rows else []
     common = min(steps) if steps else None
     regular = common is not None and all(s % common == type(common)(0) for s in steps)
-    for step, b in zip(steps, order[1:]):
-        if regular:
-            values.extend([math.nan] * (round(step / common) - 1))
+    gaps = [round(step / common) - 1 for step in steps] if regular else [0] * len(steps)
+    if sum(gaps) > len(rows):
+        raise NlpseqError(f"series {name!r}: its timestamps leave {sum(gaps):.3g} of the "
+                          f"regular steps between them empty, more than it has values", path,
+                          lines[order[0]])
+    values = [rows[order[0]][2]]
+    for gap, b in zip(gaps, order[1:]):
+        values.extend([math.nan] * gap)
         values.append(rows[b][2])
     return values
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nlpseq.errors import NlpseqError
 from nlpseq.series import (
@@ -61,6 +63,13 @@ def test_m4_non_numeric_value_names_line_and_column(tmp_path):
     assert str(err.value) == f"{path}:3: column 3: 'x7' is not a number"
 
 
+@pytest.mark.parametrize("value", ["inf", "-1e999", "1e39"])
+def test_values_beyond_float32_are_refused(tmp_path, value):
+    path = write(tmp_path / "big.csv", f"load\n1\n{value}\n")
+    with pytest.raises(NlpseqError, match=rf"big.csv:3: column 1: '{value}' is not a finite"):
+        read_column(path)
+
+
 @pytest.mark.parametrize("reader", [read_m4, read_long, read_column, read_series])
 def test_empty_file_is_one_line_error(tmp_path, reader):
     path = write(tmp_path / "empty.csv", "\n")
@@ -98,6 +107,9 @@ def test_long_layout_errors(tmp_path):
         read_long(write(tmp_path / "a.csv", "series_id,t\na,1\n"), time_column="t")
     path = write(tmp_path / "b.csv", "series_id,timestamp,value\na,1,1\na,2,2\na,1,3\n")
     with pytest.raises(NlpseqError, match=r"b.csv:4: series 'a': timestamp '1' repeats line 2"):
+        read_long(path)
+    path = write(tmp_path / "g.csv", "series_id,timestamp,value\na,1,1\na,2,2\na,1e30,3\n")
+    with pytest.raises(NlpseqError, match=r"g.csv:2: series 'a': its timestamps leave 1e\+30 "):
         read_long(path)
     path = write(tmp_path / "c.csv", "series_id,timestamp,value\na,1,1\na,2,two\n")
     with pytest.raises(NlpseqError, match=r"c.csv:3: column value: 'two' is not a number"):
@@ -262,3 +274,28 @@ def test_evaluate_owa_against_naive2():
     assert result["owa"] == pytest.approx(0.5 * (model_smape / n2_smape + model_mase / n2_mase))
     assert result["per_series"]["b"]["model"]["mae"] == 1.0
     assert set(result["per_series"]["a"]) == {"model", "naive", "seasonal_naive", "naive2"}
+
+
+# --- any bytes: a result or NlpseqError, never a traceback -----------------------------------
+PIECES = [b",", b"\t", b'"', b"\n", b"\r\n", b"\r", b" ", b"\xef\xbb\xbf", b"\xff", b"\x00",
+          b"V1", b"series_id,timestamp,value\n", b"a", b"b", b"1", b"2.5", b"-3", b"0", b"9",
+          b"nan", b"NA", b"1e999", b"1e38", b"1e308", b"-1e308", b"e", b"2024-01-01",
+          b"2024-01-01T01:00", b"+01:00"]
+FILE_BYTES = st.one_of(st.binary(max_size=200),
+                       st.lists(st.sampled_from(PIECES), max_size=60).map(b"".join))
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=FILE_BYTES)
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".csv.gz"])
+def test_any_bytes_read_as_series_or_a_one_line_error(tmp_path, suffix, data):
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    for layout in ("auto", "m4", "long", "column"):
+        try:
+            series, _ = read_series(path, layout=layout, min_length=2)
+        except NlpseqError as err:
+            assert "\n" not in str(err)
+            continue
+        assert len(series) and bool(torch.isfinite(series.values).all())
