@@ -260,11 +260,14 @@ _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
 _SECTIONS = ["task", "data", "tokenizer", "embeddings", "model", "train", "eval", "tune", "x"]
 _KEYS = ["format", "train", "dev", "kind", "lr", "epochs", "beam", "hidden_size", "pooling",
          "tag_scheme", "seed", "cell", "max_size", "batch_size", "resume", "unknown"]
+
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
 YAML_DOCS = st.one_of(
-    st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                    st.dictionaries(st.text(max_size=8), inner,
-                                                                    max_size=4)),
-                 max_leaves=20),
+    st.recursive(_SCALARS, _containers, max_leaves=20),
     st.fixed_dictionaries({"task": st.sampled_from(["sentiment", "ner", "chargen",
                                                      "translate", "nope", 3])},
                           optional={s: st.dictionaries(st.sampled_from(_KEYS), _SCALARS,

@@ -53,7 +53,7 @@ def test_run_directory_is_complete(trained_run):
     assert [p.name for p in (run / ckpt.CHECKPOINTS).iterdir()] == [folder.name]
     assert {p.name for p in folder.iterdir()} == {
         ckpt.WEIGHTS, ckpt.METRICS, ckpt.HISTORY, ckpt.LAST_WEIGHTS, ckpt.OPTIMIZER,
-        ckpt.TRAINER_STATE}
+        ckpt.TRAINER_STATE, ckpt.TRAINED_WITH}
     # No temporary files left behind, nothing pickled: every file parses as what it claims.
     config = load_config(run / ckpt.CONFIG)
     assert config.task == "sentiment" and config.model.hidden_size == 8
