@@ -231,6 +231,14 @@ def run_inference_bench(
     if len(backends) > 1:
         for backend in backends:
             figures[f"{key}_{backend}"] = statistics.median(rates[backend])
+    outputs = 0 if name == "chargen" else sum(1 for _ in tasks[backends[0]].predict_lines(
+        lines, **options))
+    if outputs and outputs != len(lines):  # NER reading CoNLL: sentences out, not lines
+        figures["sentences"] = outputs
+        for backend in backends:
+            suffix = f"_{backend}" if len(backends) > 1 else ""
+            figures[f"sentences_per_s{suffix}"] = (
+                statistics.median(rates[backend]) * outputs / len(lines))
     others = neighbours.cores()
     if others is not None:
         figures["other_processes_cores"] = others
