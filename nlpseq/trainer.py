@@ -232,9 +232,9 @@ def clip_gradients(model: nn.Module, clip: float) -> None:
     clip_grads_(list(model.parameters()), clip)
 
 
-# --- the session: what the loop and its pieces share ------------------------------------
+# --- one training process: what the loop and its pieces share ------------------------------------
 @dataclass
-class Session:
+class Training:
     """Everything one training process holds, set up once by :func:`start`."""
 
     config: PipelineConfig
@@ -258,7 +258,7 @@ class Session:
         return self.rank == 0
 
 
-def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Session:
+def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Training:
     """Device, process group, task, model, optimizer; fresh or from the run's checkpoint."""
     t = config.train
     if t.threads:
@@ -280,14 +280,14 @@ def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Session:
         raise NlpseqError(
             f"eval.metric {metric!r} is not one of {', '.join(task.metrics)}", config.source
         )
-    session = Session(
+    training = Training(
         config, run, task, model, make_optimizer(model, t), TrainerState(),
         Selection(metric, task.metrics[metric], t), Budget(t.max_minutes, 0.0), device,
         rank, world, WeightAverage(model, t.ema) if t.ema > 0 else None, log=log,
     )
     if resume:
-        _restore(session)
-    elif session.writes:
+        _restore(training)
+    elif training.writes:
         with ckpt.atomic_path(run.config) as tmp:
             save_config(config, tmp)
         task.save_artifacts(run.path)
@@ -295,10 +295,10 @@ def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Session:
     log(f"model: {type(model).__name__}, {n_params:,} trainable parameters, device {device}")
     for message in slow_path_warnings(config, device):
         log(f"warning: {message}")
-    return session
+    return training
 
 
-def _restore(s: Session) -> None:
+def _restore(s: Training) -> None:
     """Continue from the committed checkpoint: weights, optimizer, RNG, averages, carry."""
     folder = s.run.current()
     ckpt.check_trained_with(s.config, folder, Path(s.config.source or s.run.config))
@@ -336,7 +336,7 @@ def _trainer_state(path: Path) -> TrainerState:
 
 
 # --- the loop ------------------------------------------------------------------------------
-def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
+def train_steps(s: Training, progress: bool = True) -> Iterator[EvalPoint]:
     """Train, yielding at every evaluation point; the caller evaluates and may stop."""
     t, state = s.config.train, s.state
     trained = s.model
@@ -394,7 +394,7 @@ def train_steps(s: Session, progress: bool = True) -> Iterator[EvalPoint]:
             batches = s.task.train_batches(state.epoch, s.rank, s.world)
 
 
-def _check_finite(loss: torch.Tensor, s: Session) -> None:
+def _check_finite(loss: torch.Tensor, s: Training) -> None:
     if not torch.isfinite(loss):
         raise NlpseqError(
             f"loss is {loss.item()} at epoch {s.state.epoch + 1}, step {s.state.step}; "
@@ -404,7 +404,7 @@ def _check_finite(loss: torch.Tensor, s: Session) -> None:
 
 
 # --- answering an evaluation point: evaluate, select, commit, log -----------------------
-def evaluate(s: Session, point: EvalPoint) -> tuple[dict[str, Any], bool, dict | None]:
+def evaluate(s: Training, point: EvalPoint) -> tuple[dict[str, Any], bool, dict | None]:
     """Dev metrics (with averaged weights when configured), whether they are the best so far
     and, if so, a copy of the weights that scored them (on the writing rank)."""
     started = time.monotonic()
@@ -416,7 +416,7 @@ def evaluate(s: Session, point: EvalPoint) -> tuple[dict[str, Any], bool, dict |
     return metrics, improved, best
 
 
-def commit(s: Session, point: EvalPoint | None, metrics: dict | None, best: dict | None) -> None:
+def commit(s: Training, point: EvalPoint | None, metrics: dict | None, best: dict | None) -> None:
     """One checkpoint: the evaluation's record and everything resuming needs, as a unit."""
     state = s.state
     state.elapsed = s.budget.elapsed()
@@ -441,7 +441,7 @@ def commit(s: Session, point: EvalPoint | None, metrics: dict | None, best: dict
         s.run.commit(writers, keep)
 
 
-def record(s: Session, point: EvalPoint, metrics: dict[str, Any], improved: bool) -> dict:
+def record(s: Training, point: EvalPoint, metrics: dict[str, Any], improved: bool) -> dict:
     """The history line of one evaluation, also logged."""
     entry = {
         "epoch": point.epoch, "step": s.state.step, "elapsed_s": round(s.budget.elapsed(), 1),
@@ -459,7 +459,7 @@ def record(s: Session, point: EvalPoint, metrics: dict[str, Any], improved: bool
 class ContentionWatch:
     """Warns once when other processes kept the cores busy that torch's threads wanted."""
 
-    def __init__(self, s: Session):
+    def __init__(self, s: Training):
         # DDP's other ranks are other processes too, but meant to share the cores
         self.load = OtherLoad() if s.world == 1 and s.device.type == "cpu" else None
 
@@ -497,7 +497,7 @@ def train(
     return _result(s)
 
 
-def _loop(s: Session, progress: bool,
+def _loop(s: Training, progress: bool,
           on_evaluation: Callable[[dict[str, Any]], None] | None = None) -> None:
     """Answer every evaluation point until the epochs, the patience or the budget run out."""
     watch = ContentionWatch(s)
@@ -522,7 +522,7 @@ def _loop(s: Session, progress: bool,
           f"{s.selection.metric} {s.state.best} at epoch {s.state.best_epoch}")
 
 
-def _draw_curves(s: Session) -> None:
+def _draw_curves(s: Training) -> None:
     """curves.png beside the checkpoints; without matplotlib a note says how to get it."""
     from nlpseq.plot import curves_png
 
@@ -532,7 +532,7 @@ def _draw_curves(s: Session) -> None:
         s.log(f"note: no curves.png: {err.message}")
 
 
-def _result(s: Session) -> TrainResult:
+def _result(s: Training) -> TrainResult:
     """The best weights loaded into the task's model, and the run's metrics."""
     folder = s.run.current()
     s.task.load_weights(folder / ckpt.WEIGHTS)
