@@ -19,13 +19,14 @@ torch model on the export example.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ def export_onnx(task: Any, out_dir: str | Path, weights: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model = task.model.eval()
     differences: dict[str, float] = {}
-    with native.disabled(), torch.no_grad(), warnings.catch_warnings():
+    with native.disabled(), _float32(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings on shape-dependent Python branches
         for spec in GRAPHS[task.name](task):
             path = out / spec.name
@@ -98,6 +99,20 @@ def export_onnx(task: Any, out_dir: str | Path, weights: Path) -> Path:
     (out / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     del model
     return out
+
+
+@contextlib.contextmanager
+def _float32(model: nn.Module) -> Iterator[None]:
+    """No bfloat16 autocast inside (``model.bf16``): the graphs compute in float32, which
+    ONNX Runtime's CPU kernels implement."""
+    if not hasattr(model, "_autocast"):
+        yield
+        return
+    model._autocast = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        del model._autocast  # the class's method again
 
 
 class GraphSpec:
