@@ -218,3 +218,21 @@ def test_predict_cli_with_each_backend_prints_the_same_in_input_order(runs, tmp_
     alone = nlpseq.load(runs["sentiment"])
     for index in rng.sample(range(len(lines)), 20):  # line i's output is line i's label
         assert outputs["torch"][index] == alone.predict([lines[index]])[0]["label"]
+
+
+def test_translation_streams_its_first_outputs_before_the_input_ends(runs):
+    from nlpseq.tasks.base import PREDICT_CHUNK
+
+    task = nlpseq.load(runs["translate"], backend="onnx")
+    read = 0
+
+    def lines():
+        nonlocal read
+        for index in range(10 * PREDICT_CHUNK):
+            read += 1
+            yield PAIRS[index % len(PAIRS)][0]
+
+    outputs = task.predict_lines(lines(), beam=1)
+    first = next(outputs)
+    assert first == task.translate([PAIRS[0][0]], beam=1)[0]
+    assert read == PREDICT_CHUNK  # one chunk read, not the whole input
