@@ -235,8 +235,10 @@ def one_round(task: str, work: Path, reference: Path, span: float, kills: int,
 
 
 def soak(kills: int, seed: int, tasks: list[str], work: Path,
-         log=print) -> Figures:
-    """Spread ``kills`` over ``tasks`` in rounds of 2-8 kills; returns what was counted."""
+         log=print, save=lambda _figures: None) -> Figures:
+    """Spread ``kills`` over ``tasks`` in rounds of 2-8 kills; returns what was counted
+    (also given to ``save`` after every round). A round whose run finished before the kill
+    still checks the finished run; it only adds no kill."""
     import torch
 
     torch.set_num_threads(1)
@@ -255,7 +257,7 @@ def soak(kills: int, seed: int, tasks: list[str], work: Path,
         log(f"{task}: uninterrupted run {references[task][1]:.1f} s")
     per_task = {task: kills // len(tasks) + (i < kills % len(tasks))
                 for i, task in enumerate(tasks)}
-    while any(per_task.values()):
+    while any(per_task.values()) and figures.rounds < 10 * kills + 10:
         for task in tasks:
             if per_task[task] == 0:
                 continue
@@ -263,9 +265,9 @@ def soak(kills: int, seed: int, tasks: list[str], work: Path,
             n = min(per_task[task], rng.randint(2, 8))
             before = figures.kills
             one_round(task, work, reference, span, n, rng, figures, files)
-            per_task[task] -= max(figures.kills - before, 1)
-            per_task[task] = max(per_task[task], 0)
+            per_task[task] -= figures.kills - before
             figures.rounds += 1
+            save(figures)
             log(f"{task}: round {figures.rounds}, {figures.kills} kills so far, "
                 f"{len(figures.problems)} problems")
     return figures
@@ -302,19 +304,25 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(tasks) - set(TASKS)
     if unknown:
         parser.error(f"unknown tasks: {', '.join(sorted(unknown))}")
-    began = time.monotonic()
+    began, where = time.monotonic(), machine()
+
+    def report(figures: Figures, done: bool) -> str:
+        text = json.dumps({
+            **asdict(figures), "finished": done,
+            "minutes": round((time.monotonic() - began) / 60, 1),
+            "command": " ".join(["python tests/soak.py", *(argv or sys.argv[1:])]), **where,
+        }, indent=1)
+        if args.json_path:
+            Path(args.json_path).write_text(text + "\n", encoding="utf-8")
+        return text
+
     with tempfile.TemporaryDirectory(prefix="nlpseq-soak-") as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         figures = soak(args.kills, args.seed, tasks, work,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
-    report = {**asdict(figures), "minutes": round((time.monotonic() - began) / 60, 1),
-              "command": " ".join(["python tests/soak.py", *(argv or sys.argv[1:])]),
-              **machine()}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json_path:
-        Path(args.json_path).write_text(text + "\n", encoding="utf-8")
+                       log=lambda m: print(m, file=sys.stderr, flush=True),
+                       save=lambda f: report(f, False))
+    print(report(figures, True))
     return 1 if figures.failed() else 0
 
 
