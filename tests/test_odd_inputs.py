@@ -171,10 +171,14 @@ def test_the_line_limit_reads_at_most_one_piece_past_it(tmp_path):
     assert peak < 4 * MAX_LINE_BYTES
 
 
-def test_a_line_at_the_limit_is_read(tmp_path):
+def test_a_line_at_the_limit_is_read_one_past_it_is_not(tmp_path):
     path = tmp_path / "limit.txt"
-    path.write_bytes(b"y" * (MAX_LINE_BYTES - 1) + b"\n")
-    assert [len(line) for _, line in read_lines(path)] == [MAX_LINE_BYTES - 1]
+    path.write_bytes(b"y" * MAX_LINE_BYTES + b"\n" + b"z" * MAX_LINE_BYTES)
+    assert [len(line) for _, line in read_lines(path)] == [MAX_LINE_BYTES] * 2
+    path.write_bytes(b"y" * (MAX_LINE_BYTES + 1) + b"\n")
+    with pytest.raises(NlpseqError, match="longer than") as caught:
+        list(read_lines(path))
+    assert caught.value.line == 1
 
 
 def test_long_chargen_line_is_scored_in_windows_as_one_text(runs):  # noqa: F811
