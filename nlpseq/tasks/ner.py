@@ -332,11 +332,25 @@ class NerTask(Task):
         else:
             conll = input_format == "conll"
         if conll:
-            # Column counts are checked as in training data; tags, if present, are ignored.
-            data = parse_conll(numbered, "input", self.config.data.tag_column,
-                               require_tags=False)
-            return ((tokens, self.data_scheme) for tokens in data.tokens)
+            return self._conll_sentences(numbered)
         return ((line.split(), "IOB2") for _, line in numbered)
+
+    def _conll_sentences(self, numbered: Iterator[tuple[int, str]]
+                         ) -> Iterator[tuple[list[str], str]]:
+        """CoNLL input parsed a block of lines at a time, so memory stays bounded on endless
+        input. Column counts are checked as in training data (within each block); tags, if
+        present, are ignored."""
+        block: list[tuple[int, str]] = []
+        for number, line in numbered:
+            block.append((number, line))
+            if len(block) >= 10000 and not line.strip():  # a block ends between sentences
+                yield from self._parse_block(block)
+                block = []
+        yield from self._parse_block(block)
+
+    def _parse_block(self, block: list[tuple[int, str]]) -> Iterator[tuple[list[str], str]]:
+        data = parse_conll(block, "input", self.config.data.tag_column, require_tags=False)
+        return ((tokens, self.data_scheme) for tokens in data.tokens)
 
     def predict_records(self, items: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
         """Tokens, tags in the item's scheme and entity spans (token offsets, end exclusive)."""
