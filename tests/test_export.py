@@ -236,3 +236,17 @@ def test_translation_streams_its_first_outputs_before_the_input_ends(runs):
     first = next(outputs)
     assert first == task.translate([PAIRS[0][0]], beam=1)[0]
     assert read == PREDICT_CHUNK  # one chunk read, not the whole input
+
+
+def test_ner_reads_long_conll_input_in_blocks_and_keeps_every_sentence(runs):
+    task = nlpseq.load(runs["ner"], backend="onnx")
+    sentence = ["Anna", "visited", "Oslo", "."]
+    lines = []
+    for index in range(3000):  # 15,000 lines: more than one block of 10,000
+        lines += [f"{word} X I-NP O" for word in sentence[: 1 + index % 4]] + [""]
+    lines += ["", ""]  # blank lines after the last block are no sentence
+    records = [json.loads(line) for line in
+               task.predict_lines(lines, as_json=True, input_format="conll")]
+    assert [len(r["tokens"]) for r in records] == [1 + i % 4 for i in range(3000)]
+    with pytest.raises(NlpseqError, match="no sentences"):
+        list(task.predict_lines([], input_format="conll"))

@@ -341,12 +341,14 @@ class NerTask(Task):
         input. Column counts are checked as in training data (within each block); tags, if
         present, are ignored."""
         block: list[tuple[int, str]] = []
+        parsed = False
         for number, line in numbered:
             block.append((number, line))
             if len(block) >= 10000 and not line.strip():  # a block ends between sentences
                 yield from self._parse_block(block)
-                block = []
-        yield from self._parse_block(block)
+                block, parsed = [], True
+        if not parsed or any(line.strip() for _, line in block):  # no input: an error
+            yield from self._parse_block(block)
 
     def _parse_block(self, block: list[tuple[int, str]]) -> Iterator[tuple[list[str], str]]:
         data = parse_conll(block, "input", self.config.data.tag_column, require_tags=False)
