@@ -255,6 +255,20 @@ def export(run_dir: str, export_format: str, out_dir: str | None) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              required=True, help="Fraction of each recurrent layer's hidden units to keep.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory to write (new or empty).")
+def prune(run_dir: str, keep: float, out_dir: str) -> None:
+    """Remove the least important hidden units of a sentiment or NER run's word encoder
+    (structured: the matrices shrink); prints hidden sizes and parameters before and after."""
+    from nlpseq.prune import prune_run
+
+    click.echo(json.dumps(prune_run(run_dir, out_dir, keep)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @_backend_option
