@@ -311,52 +311,59 @@ def _generate_options(data: dict[str, Any], config: ServeConfig) -> dict[str, An
     return options
 
 
-def create_app(task: Any, config: ServeConfig, info: dict[str, Any]) -> Any:
-    """The starlette application serving ``task`` (already loaded with its backend)."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
+class Service:
+    """The HTTP side: validates requests, hands work to the :class:`Batcher`, answers."""
 
-    batcher = Batcher(task, config)
-    endpoints = _endpoint_of(task)
+    def __init__(self, task: Any, config: ServeConfig, info: dict[str, Any]):
+        self.task, self.config, self.info = task, config, info
+        self.batcher = Batcher(task, config)
+        self.endpoints = _endpoint_of(task)
 
-    def error(status: int, message: str) -> JSONResponse:
+    @staticmethod
+    def error(status: int, message: str) -> Any:
+        from starlette.responses import JSONResponse
+
         return JSONResponse({"error": message}, status_code=status)
 
-    async def run_job(request: Any) -> Any:
-        kind = endpoints.get(request.url.path)
+    async def run_job(self, request: Any) -> Any:
+        """POST /predict, /translate, /generate."""
+        from starlette.responses import JSONResponse
+
+        kind = self.endpoints.get(request.url.path)
         if kind is None:
-            offered = ", ".join(sorted(endpoints)) or "none"
-            return error(404, f"a {task.name} run does not answer {request.url.path}; it "
-                         f"answers {offered}")
+            offered = ", ".join(sorted(self.endpoints)) or "none"
+            return self.error(404, f"a {self.task.name} run does not answer "
+                              f"{request.url.path}; it answers {offered}")
         try:
-            data = await _read_json(request, kind, config)
+            data = await _read_json(request, kind, self.config)
             if kind == "generate":
-                return await _generate(data)
-            texts = _texts(data, config)
+                return await self.generate(data)
+            texts = _texts(data, self.config)
             options = {}
             if kind == "translate":
-                options["beam"] = _integer(data, "beam", 1, config.max_beam)
-            results = await batcher.submit(kind, texts, options)
+                options["beam"] = _integer(data, "beam", 1, self.config.max_beam)
+            results = await self.batcher.submit(kind, texts, options)
         except RequestError as err:
-            return error(err.status, str(err))
+            return self.error(err.status, str(err))
         except NlpseqError as err:
-            return error(400, str(err))
+            return self.error(400, str(err))
         except Exception as err:  # noqa: BLE001  (one failed request; the server goes on)
-            return error(500, f"internal error: {type(err).__name__}: {err}")
+            return self.error(500, f"internal error: {type(err).__name__}: {err}")
         name = "translations" if kind == "translate" else "predictions"
         return JSONResponse({name: results})
 
-    async def _generate(data: dict[str, Any]) -> StreamingResponse:
-        options = _generate_options(data, config)
+    async def generate(self, data: dict[str, Any]) -> Any:
+        """Start a generation stream; its text is sent as the model thread makes it."""
+        from starlette.responses import StreamingResponse
+
+        options = _generate_options(data, self.config)
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
         def push(piece: str | None) -> None:
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        (cancelled,) = await batcher.submit("generate", [push], options)
+        (cancelled,) = await self.batcher.submit("generate", [push], options)
 
         async def body() -> AsyncIterator[str]:
             try:
@@ -367,30 +374,42 @@ def create_app(task: Any, config: ServeConfig, info: dict[str, Any]) -> Any:
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
-    async def health(_request: Any) -> JSONResponse:
-        if not batcher.alive:
-            return error(503, "the model thread is not running")
+    async def health(self, _request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        if not self.batcher.alive:
+            return self.error(503, "the model thread is not running")
         return JSONResponse({"status": "ok"})
 
-    async def describe(_request: Any) -> JSONResponse:
-        return JSONResponse({**info, "endpoints": sorted(endpoints),
-                             "batches_run": batcher.batches})
+    async def describe(self, _request: Any) -> Any:
+        from starlette.responses import JSONResponse
 
-    async def http_error(_request: Any, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, exc.detail)
+        return JSONResponse({**self.info, "endpoints": sorted(self.endpoints),
+                             "batches_run": self.batcher.batches})
+
+    async def http_error(self, _request: Any, exc: Any) -> Any:
+        return self.error(exc.status_code, exc.detail)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        batcher.start()
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        self.batcher.start()
         yield
-        await asyncio.to_thread(batcher.stop)  # after uvicorn answered what was in flight
+        await asyncio.to_thread(self.batcher.stop)  # after uvicorn answered what was in flight
 
-    routes = [Route("/health", health), Route("/info", describe),
-              *(Route(path, run_job, methods=["POST"])
+
+def create_app(task: Any, config: ServeConfig, info: dict[str, Any]) -> Any:
+    """The starlette application serving ``task`` (already loaded with its backend)."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    service = Service(task, config, info)
+    routes = [Route("/health", service.health), Route("/info", service.describe),
+              *(Route(path, service.run_job, methods=["POST"])
                 for path in ("/predict", "/translate", "/generate"))]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
-    app.state.batcher = batcher
+    app = Starlette(routes=routes, lifespan=service.lifespan,
+                    exception_handlers={HTTPException: service.http_error})
+    app.state.batcher = service.batcher
     return app
 
 
