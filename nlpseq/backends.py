@@ -31,6 +31,8 @@ from nlpseq.models.encoder import RecurrentEncoder, length_mask, reverse_padded
 from nlpseq.models.seq2seq import DecoderState, Seq2Seq
 
 BACKENDS = ("torch", "onnx", "int8")
+#: the tasks whose models the onnx and int8 backends run
+TASKS = ("sentiment", "ner", "chargen", "translate")
 
 
 def apply_backend(task: Any, backend: str, run_dir: Path, weights: Path) -> Any:
@@ -39,6 +41,9 @@ def apply_backend(task: Any, backend: str, run_dir: Path, weights: Path) -> Any:
         raise NlpseqError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "torch":
         return task
+    if task.name not in TASKS:
+        raise NlpseqError(f"the {backend} backend runs {', '.join(TASKS)} runs, not a "
+                          f"{task.name} run")
     if task.device.type != "cpu":
         raise NlpseqError(f"the {backend} backend runs on the CPU: use --device cpu")
     if backend == "int8":

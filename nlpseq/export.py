@@ -74,6 +74,8 @@ def export_onnx(task: Any, out_dir: str | Path, weights: Path) -> Path:
     except ImportError:
         raise NlpseqError("ONNX export needs onnx and onnxruntime: pip install "
                           "'nlpseq[onnx]'") from None
+    if task.name not in GRAPHS:
+        raise NlpseqError(f"ONNX export takes {', '.join(GRAPHS)} runs, not a {task.name} run")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = task.model.eval()

@@ -250,3 +250,10 @@ def test_ner_reads_long_conll_input_in_blocks_and_keeps_every_sentence(runs):
     assert [len(r["tokens"]) for r in records] == [1 + i % 4 for i in range(3000)]
     with pytest.raises(NlpseqError, match="no sentences"):
         list(task.predict_lines([], input_format="conll"))
+
+
+def test_unknown_backends_are_refused(runs):
+    with pytest.raises(NlpseqError, match="expected one of torch, onnx, int8"):
+        nlpseq.load(runs["sentiment"], backend="tensorrt")
+    result = invoke("predict", runs["sentiment"], "--backend", "fast")
+    assert result.exit_code == 2 and "fast" in result.output
