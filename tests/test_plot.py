@@ -309,7 +309,7 @@ def test_cli_evaluate_plot_refuses_before_scoring(monkeypatch, tmp_path: Path):
 
     scored: list[list[str]] = []
 
-    def fake_load(run_dir, device):
+    def fake_load(run_dir, device, backend="torch"):
         return SimpleNamespace(name="chargen", evaluate_files=scored.append)
 
     monkeypatch.setattr(nlpseq, "load", fake_load)
