@@ -330,7 +330,7 @@ def test_cli_without_matplotlib_says_how_to_get_it_before_working(monkeypatch, t
     task = SimpleNamespace(name="sentiment", evaluate_files=work.append,
                            predict_lines=lambda lines, beam: work.extend(lines) or [])
     task.require = lambda name: task
-    monkeypatch.setattr(nlpseq, "load", lambda run_dir, device: task)
+    monkeypatch.setattr(nlpseq, "load", lambda run_dir, device, backend="torch": task)
     run = write_run(tmp_path / "run")
     hide_matplotlib(monkeypatch)
     for args in (["evaluate", "run", "dev.tsv", "--plot", tmp_path / "c.png"],
