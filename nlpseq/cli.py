@@ -259,12 +259,15 @@ def export(run_dir: str, export_format: str, out_dir: str | None) -> None:
               required=True, help="Fraction of each recurrent layer's hidden units to keep.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory to write (new or empty).")
-def prune(run_dir: str, keep: float, out_dir: str) -> None:
+@click.option("--minutes", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Then fine-tune on the run's training data for this long (0 = not).")
+def prune(run_dir: str, keep: float, out_dir: str, minutes: float) -> None:
     """Remove the least important hidden units of a sentiment or NER run's word encoder
     (structured: the matrices shrink); prints hidden sizes and parameters before and after."""
     from nlpseq.prune import prune_run
+    from nlpseq.runtime import log_stderr
 
-    click.echo(json.dumps(prune_run(run_dir, out_dir, keep)))
+    click.echo(json.dumps(prune_run(run_dir, out_dir, keep, minutes, log_stderr)))
 
 
 @main.command()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +91,32 @@ def prune_state(model: nn.Module, cell: str, keep_units: int) -> dict[str, Tenso
     return state
 
 
-def prune_run(run_dir: str | Path, out_dir: str | Path, keep: float) -> dict[str, Any]:
+def fine_tune(task: Any, run_dir: Path, minutes: float, log: Callable[[str], None]
+              ) -> dict[str, Any]:
+    """Train ``task.model`` on the run's training data for ``minutes`` at the pipeline's
+    learning rate (no schedule); returns the dev metrics after."""
+    from nlpseq.trainer import make_optimizer, update
+
+    task.prepare(log, artifacts=run_dir)  # the run's data, read with the run's artifacts
+    train = task.config.train
+    model, optimizer = task.model.train(), make_optimizer(task.model, train)
+    deadline, epoch = time.monotonic() + minutes * 60, 0
+    while time.monotonic() < deadline:
+        for batch in task.train_batches(epoch):
+            loss, count, _ = model(batch.to(task.device))
+            update(model, optimizer, loss, count, train.clip)
+            if time.monotonic() >= deadline:
+                break
+        epoch += 1
+    model.eval()
+    return task.evaluate(model)
+
+
+def prune_run(run_dir: str | Path, out_dir: str | Path, keep: float, minutes: float = 0.0,
+              log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Write ``out_dir``: ``run_dir`` with ``keep`` (0 < keep < 1) of each recurrent layer's
-    hidden units; returns the hidden sizes and parameter counts before and after."""
+    hidden units, fine-tuned for ``minutes`` when > 0; returns the hidden sizes and parameter
+    counts before and after (and the dev metrics after fine-tuning)."""
     import nlpseq
     from nlpseq.checkpoint import (
         CONFIG,
@@ -122,6 +147,7 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, keep: float) -> dict[str
     smaller.load_artifacts(Path(run_dir))
     smaller.init_model(lambda _m: None, pretrained=False)
     smaller.model.load_state_dict(state)
+    tuned = fine_tune(smaller, Path(run_dir), minutes, log) if minutes > 0 else None
     source = RunDir(run_dir)
     folder = source.current()
     shutil.copytree(run_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
@@ -132,6 +158,10 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, keep: float) -> dict[str
     save_weights(smaller.model, target / WEIGHTS)
     write_json(target / TRAINED_WITH, trained_with(config))
     write_json(out / POINTER, {"checkpoint": folder.name})
-    return {"hidden_size": [hidden, units],
-            "parameters": [sum(p.numel() for p in m.parameters())
-                           for m in (task.model, smaller.model)]}
+    result: dict[str, Any] = {"hidden_size": [hidden, units],
+                              "parameters": [sum(p.numel() for p in m.parameters())
+                                             for m in (task.model, smaller.model)]}
+    if tuned is not None:
+        result["dev_after_fine_tuning"] = {k: v for k, v in tuned.items()
+                                           if isinstance(v, (int, float))}
+    return result

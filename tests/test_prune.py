@@ -51,3 +51,12 @@ def test_prune_refuses_bad_ratios_and_used_folders(trained_run, tmp_path):
     (tmp_path / "b" / "x").write_text("")
     with pytest.raises(NlpseqError, match="not empty"):
         prune_run(trained_run.run_dir, tmp_path / "b", 0.5)
+
+
+def test_prune_can_fine_tune_and_the_result_reloads(trained_run, tmp_path):
+    result = prune_run(trained_run.run_dir, tmp_path / "tuned", 0.5, minutes=0.001)
+    assert set(result["dev_after_fine_tuning"]) >= {"accuracy", "loss"}
+    reloaded = nlpseq.load(tmp_path / "tuned")
+    assert reloaded.config.model.hidden_size == result["hidden_size"][1]
+    metrics = reloaded.evaluate_files([str(trained_run.corpus["dev"])])
+    assert metrics["accuracy"] == pytest.approx(result["dev_after_fine_tuning"]["accuracy"])
