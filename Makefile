@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,plot,tune]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,plot,tune,onnx,serve]"
 	touch $@
 
 demo: install
