@@ -203,15 +203,16 @@ def run_inference_bench(
     if threads:
         torch.set_num_threads(threads)
     tasks = {backend: nlpseq.load(run_dir, backend=backend) for backend in backends}
-    name = next(iter(tasks.values())).name
+    first = next(iter(tasks.values()))
+    name, generates = first.name, "generate" in first.commands
     figures: dict[str, float | str] = {
         "run": str(run_dir), "task": name, "threads": torch.get_num_threads(),
         "backends": ",".join(backends),
     }
-    if name != "chargen" and not input_file:
+    if not generates and not input_file:
         raise NlpseqError(f"benchmarking a {name} run needs --input FILE")
     neighbours = OtherLoad()
-    if name == "chargen":
+    if generates:
         key = "generate_chars_per_s"
         work = {b: _sampler(t, prompt, length) for b, t in tasks.items()}
         figures["length"] = length
@@ -231,7 +232,7 @@ def run_inference_bench(
     if len(backends) > 1:
         for backend in backends:
             figures[f"{key}_{backend}"] = statistics.median(rates[backend])
-    outputs = 0 if name == "chargen" else sum(1 for _ in tasks[backends[0]].predict_lines(
+    outputs = 0 if generates else sum(1 for _ in tasks[backends[0]].predict_lines(
         lines, **options))
     if outputs and outputs != len(lines):  # NER reading CoNLL: sentences out, not lines
         figures["sentences"] = outputs
