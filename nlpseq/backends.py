@@ -134,8 +134,8 @@ def _quiet():
 
 # --- ONNX Runtime ----------------------------------------------------------------------------
 class OnnxGraph:
-    """One ONNX Runtime session (CPU execution provider, torch's thread count); feeds only
-    the inputs the graph kept (the exporter drops inputs a model ignores)."""
+    """One ONNX Runtime inference graph (CPU execution provider, torch's thread count); feeds
+    only the inputs the graph kept (the exporter drops inputs a model ignores)."""
 
     def __init__(self, path: Path):
         import onnxruntime as ort
@@ -144,15 +144,15 @@ class OnnxGraph:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options,
+        self.runtime = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.inputs = {i.name for i in self.runtime.get_inputs()}
+        self.outputs = [o.name for o in self.runtime.get_outputs()]
 
     def __call__(self, **feeds: Tensor | None) -> dict[str, Tensor]:
         arrays = {name: np.ascontiguousarray(value.detach().cpu().numpy())
                   for name, value in feeds.items() if name in self.inputs and value is not None}
-        results = self.session.run(self.outputs, arrays)
+        results = self.runtime.run(self.outputs, arrays)
         return {name: torch.from_numpy(value) for name, value in zip(self.outputs, results)}
 
 
