@@ -318,6 +318,11 @@ def test_damaged_run_directory_is_a_one_line_error_naming_the_file(task, how, ru
         result = predict(task, run)
         if path.name in unread and result.exit_code == 0:
             continue
+        if path.name == ckpt.CONFIG and how == "truncated" and result.exit_code == 0:
+            # cut at a line end it is still a valid config whose missing keys take their
+            # defaults; trained_with.json vouches that none of them shapes the model
+            load_config(path)
+            continue
         assert_one_line_error(result, path.name)
 
 
