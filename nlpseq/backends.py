@@ -16,7 +16,6 @@ length, decoding and output stay the task's own code for every backend.
 from __future__ import annotations
 
 import contextlib
-import json
 import types
 from pathlib import Path
 from typing import Any
@@ -307,7 +306,7 @@ ONNX_ADAPTERS: dict[str, type[nn.Module]] = {
 
 def describe(model: nn.Module, backend: str, run_dir: Path) -> dict[str, Any]:
     """Size figures of a loaded model for ``/info``: parameters and bytes on disk."""
-    from nlpseq.checkpoint import WEIGHTS, RunDir
+    from nlpseq.checkpoint import WEIGHTS, RunDir, read_json
 
     weights = RunDir(run_dir).file(WEIGHTS)
     info: dict[str, Any] = {"backend": backend, "weights_bytes": weights.stat().st_size}
@@ -316,6 +315,6 @@ def describe(model: nn.Module, backend: str, run_dir: Path) -> dict[str, Any]:
         info["parameters"] = params
     meta = Path(run_dir) / "onnx" / "meta.json"
     if backend == "onnx" and meta.exists():
-        graphs = json.loads(meta.read_text())["graphs"]
+        graphs = read_json(meta)["graphs"]
         info["onnx_bytes"] = sum((meta.parent / g).stat().st_size for g in graphs)
     return info

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import os
 import sys
 import warnings
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlpseq import native
+from nlpseq.checkpoint import read_json, write_json
 from nlpseq.errors import NlpseqError
 from nlpseq.models.encoder import length_mask
 
@@ -58,7 +58,8 @@ def ensure_onnx(task: Any, run_dir: Path, weights: Path) -> Path:
     if not meta.exists():
         print(f"export: writing ONNX graphs into {folder} (once)", file=sys.stderr)
         return export_onnx(task, folder, weights)
-    recorded = json.loads(meta.read_text(encoding="utf-8")).get("weights_sha256")
+    record = read_json(meta)
+    recorded = record.get("weights_sha256") if isinstance(record, dict) else None
     if recorded != sha256(weights):
         raise NlpseqError(f"the ONNX graphs were exported from other weights: run nlpseq "
                           f"export {run_dir} --format onnx again", meta)
@@ -98,7 +99,7 @@ def export_onnx(task: Any, out_dir: str | Path, weights: Path) -> Path:
         "graphs": sorted(differences), "max_abs_difference": differences,
         "torch": torch.__version__, "onnx": onnx.__version__,
     }
-    (out / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    write_json(out / META, meta)  # last and atomic: its presence marks a complete export
     del model
     return out
 

@@ -265,8 +265,9 @@ def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Training:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     rank, world = _distributed(device)
-    resume = t.resume and run.current() is not None
-    if not resume and run.current() is not None:
+    committed = run.current() is not None
+    resume = t.resume and committed
+    if not resume and committed:
         raise NlpseqError(
             "run directory already holds a model; choose another --out or set train.resume=true",
             run.path,

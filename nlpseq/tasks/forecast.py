@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nlpseq.checkpoint import atomic_path
+from nlpseq.checkpoint import read_json, write_json
 from nlpseq.errors import NlpseqError
 from nlpseq.models.forecaster import Forecaster, ForecasterConfig
 from nlpseq.runtime import log_stderr
@@ -121,11 +121,10 @@ class ForecastTask(Task):
         return torch.stack(rows)
 
     def save_artifacts(self, directory: Path) -> None:
-        with atomic_path(directory / SERIES) as tmp:
-            Path(tmp).write_text(json.dumps({"ids": self.ids}), encoding="utf-8")
+        write_json(directory / SERIES, {"ids": self.ids})
 
     def load_artifacts(self, directory: Path) -> None:
-        self.ids = json.loads((directory / SERIES).read_text(encoding="utf-8"))["ids"]
+        self.ids = read_json(directory / SERIES)["ids"]
 
     def _lookup(self, ids: Sequence[str]) -> Tensor:
         """Embedding rows of ``ids`` (-1 for series not seen in training)."""
