@@ -18,12 +18,14 @@ def bucket_batches(
     shuffle: bool = True,
     seed: int = 0,
     pool: int = 50,
+    max_tokens: int = 0,
 ) -> list[list[int]]:
     """Group example indices into batches of similar length.
 
     Shuffle the examples, sort each pool of ``pool * batch_size`` by length, cut it into
     batches, then shuffle the batches. Without ``shuffle``, batches follow sorted length
-    (longest first), which is fastest for inference.
+    (longest first), which is fastest for inference, and ``max_tokens`` > 0 caps each batch's
+    padded size (batch size x its longest length) so long texts come in smaller batches.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -31,7 +33,14 @@ def bucket_batches(
     lengths_t = torch.as_tensor(list(lengths), dtype=torch.long)
     if not shuffle:
         order = torch.sort(lengths_t, descending=True, stable=True).indices.tolist()
-        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        if max_tokens <= 0:
+            return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        batches, start = [], 0
+        while start < n:  # the batch's first text is its longest
+            size = min(batch_size, max(1, max_tokens // max(1, int(lengths[order[start]]))))
+            batches.append(order[start : start + size])
+            start += size
+        return batches
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     size = max(1, pool) * batch_size

@@ -94,6 +94,8 @@ class DataConfig:
                            "or ISO dates)", tasks=("forecast",))
     value_column: str = key("value", help="long layout: column of the values",
                             tasks=("forecast",))
+    dev_size: int = key(0, low=0, tasks=_SENTIMENT, help="with no dev file: hold out this many "
+                        "training examples (a fixed random choice, whatever train.seed) as dev")
     limit: int = key(0, low=0, help="use at most this many training examples (0 = all)")
 
 
@@ -108,6 +110,9 @@ class TokenizerConfig:
     min_frequency: int = key(1, low=1, help="fewest occurrences for a vocabulary entry")
     max_size: int = key(50000, low=1, help="most vocabulary entries (specials not counted)")
     max_length: int = key(0, low=0, help="truncate longer inputs to this many tokens (0 = never)")
+    strip_html: bool = key(False, help="word level: read HTML tags such as <br /> as spaces")
+    split_punctuation: bool = key(False, help="word level: also split punctuation off words "
+                                  "(for raw text; PTB-tokenized text needs no splitting)")
     joint: bool = key(True, help="one vocabulary for source and target", tasks=_TRANSLATE)
 
 
@@ -170,6 +175,9 @@ class EvalConfig:
 
     metric: str = key("", help="dev metric for model selection (\"\" = the task's default)")
     batch_size: int = key(256, low=1, help="examples per evaluation batch")
+    max_tokens: int = key(65536, low=1, help="at most this many (padded) tokens per evaluation "
+                          "and prediction batch, so long texts come in smaller batches",
+                          tasks=_WORD_VECTORS)
     beam: int = key(5, low=1, high=1000, help="beam size of evaluate and translate (1 = "
                     "greedy; at most nlpseq.decoding.MAX_BEAM)",
                     tasks=_TRANSLATE)

@@ -1,6 +1,7 @@
 """Tokenize stage: one Hugging Face ``tokenizers.Tokenizer`` for training and inference.
 
-Three models: word-level (whitespace-split, optional lowercasing and digit normalisation),
+Three models: word-level (whitespace-split, optionally also at punctuation; optional
+lowercasing, digit normalisation and HTML tag removal),
 BPE (Metaspace, so decoding restores the text) and character-level. Special tokens have fixed
 ids: ``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3. Everything, truncation included, is
 saved in ``tokenizer.json``.
@@ -30,8 +31,14 @@ _PTB_PATTERNS = {
 }
 
 
+#: An HTML tag such as ``<br />``, ``<i>`` or ``</a href=...>`` (not ``a < b`` or ``<3``).
+HTML_TAG = r"</?[A-Za-z][^<>]{0,200}>"
+
+
 def _normalizer(config: TokenizerConfig) -> normalizers.Normalizer | None:
     steps = []
+    if config.strip_html and config.kind == "word":
+        steps.append(normalizers.Replace(Regex(HTML_TAG), " "))
     if config.lowercase:
         steps.append(normalizers.Lowercase())
     if config.normalize_digits:
@@ -148,6 +155,10 @@ class TextTokenizer:
                 # Every character, whitespace and newlines included, is a token.
                 tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
                 tokenizer.decoder = decoders.Fuse()
+            elif config.split_punctuation:
+                # "it's great!" -> it ' s great ! (each punctuation character a word)
+                tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+                    [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
             else:
                 tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
             trainer = trainers.WordLevelTrainer(

@@ -285,6 +285,18 @@ struct Shape {
   int64_t batch, steps, input, hidden, directions;
 };
 
+// A single direction would keep one core busy (MKL's own threads do not pay off on products
+// this small), so its batch is cut into one block of rows per thread, each block a task with
+// its own weight gradients, summed after. Blocks of fewer than 8 rows would waste the cores'
+// vector width on thin products; two directions are already two tasks.
+int64_t row_blocks(int64_t D, int64_t B) {
+  if (D != 1) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 8));
+}
+
+// First row of block p of P over B rows.
+inline int64_t block_start(int64_t p, int64_t P, int64_t B) { return p * B / P; }
+
 // Step t of direction d at position s of its own order (right to left for d = 1).
 inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T - 1 - s; }
 
@@ -463,20 +475,29 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
   at::Tensor h0_keep, c0_keep;
   const float* h0 = state_data(h0_in, h0_keep, B, D * H);
   const float* c0 = state_data(c0_in, c0_keep, B, D * H);
-  at::Tensor w = at::empty({D, 4 * H, I + H}, x.options());
+  const int64_t P = row_blocks(D, B);
+  at::Tensor w = at::empty({D * P, 4 * H, I + H}, x.options());  // each task writes its own
   at::Tensor xh = at::empty({D, B, T, I + H}, x.options());
   at::Tensor acts = at::empty({D, B, T, 4 * H}, x.options());
   at::Tensor cells = at::empty({D, B, T, H}, x.options());
-  at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, D * P, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
     OneBlasThread one_blas_thread;
-    for (int64_t d = begin; d < end; ++d) {
-      at::Tensor w_d = w[d], xh_d = xh[d], acts_d = acts[d], cells_d = cells[d];
-      forward_direction(d, n, lengths.data_ptr<int64_t>(), x, w_ih[d].contiguous(),
-                        w_hh[d].contiguous(), b_ih[d].contiguous(), b_hh[d].contiguous(), h0, c0,
-                        out, final, final_c, w_d, xh_d, acts_d, cells_d);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t d = k % D, b0 = block_start(k / D, P, B), bs = block_start(k / D + 1, P, B) - b0;
+      const Shape part{bs, T, I, H, D};
+      at::Tensor out_k = out.narrow(0, b0, bs), final_k = final.narrow(0, b0, bs);
+      at::Tensor final_c_k = final_c.narrow(0, b0, bs), w_k = w[k];
+      at::Tensor xh_k = xh[d].narrow(0, b0, bs), acts_k = acts[d].narrow(0, b0, bs);
+      at::Tensor cells_k = cells[d].narrow(0, b0, bs);
+      forward_direction(d, part, lengths.data_ptr<int64_t>() + b0, x.narrow(0, b0, bs),
+                        w_ih[d].contiguous(), w_hh[d].contiguous(), b_ih[d].contiguous(),
+                        b_hh[d].contiguous(), h0 ? h0 + b0 * D * H : nullptr,
+                        c0 ? c0 + b0 * D * H : nullptr, out_k, final_k, final_c_k, w_k, xh_k,
+                        acts_k, cells_k);
     }
   });
+  if (P > 1) w = w.narrow(0, 0, D);
   return {out, final, final_c, w, xh, acts, cells};
 }
 
@@ -498,21 +519,33 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
   if (dfinal_in && dfinal_in->defined()) dfinal = dfinal_in->contiguous();
   at::Tensor c0_keep;
   const float* c0 = state_data(c0_in, c0_keep, B, D * H);
-  at::Tensor dw_ih = at::empty({D, 4 * H, I}, xh.options());
-  at::Tensor dw_hh = at::empty({D, 4 * H, H}, xh.options());
-  at::Tensor db = at::empty({D, 4 * H}, xh.options());
+  const int64_t P = row_blocks(D, B);
+  at::Tensor dw_ih = at::empty({D * P, 4 * H, I}, xh.options());  // per task, summed below
+  at::Tensor dw_hh = at::empty({D * P, 4 * H, H}, xh.options());
+  at::Tensor db = at::empty({D * P, 4 * H}, xh.options());
   at::Tensor dx = at::empty({D, B, T, I}, xh.options());
-  at::parallel_for(0, D, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, D * P, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;
     OneBlasThread one_blas_thread;
-    for (int64_t d = begin; d < end; ++d) {
-      at::Tensor dx_d = dx[d], dw_ih_d = dw_ih[d], dw_hh_d = dw_hh[d], db_d = db[d];
-      const float* gp = dout.defined() ? dout.data_ptr<float>() + d * H : nullptr;
-      const float* gf = dfinal.defined() ? dfinal.data_ptr<float>() + d * H : nullptr;
-      backward_direction(d, n, lengths.data_ptr<int64_t>(), w[d], xh[d], acts[d], cells[d],
-                         gp, gf, c0, dx_d, dw_ih_d, dw_hh_d, db_d);
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t d = k % D, b0 = block_start(k / D, P, B), bs = block_start(k / D + 1, P, B) - b0;
+      const Shape part{bs, T, I, H, D};
+      at::Tensor dx_k = dx[d].narrow(0, b0, bs), dw_ih_k = dw_ih[k], dw_hh_k = dw_hh[k];
+      at::Tensor db_k = db[k];
+      const float* gp = dout.defined() ? dout.data_ptr<float>() + b0 * T * D * H + d * H : nullptr;
+      const float* gf = dfinal.defined() ? dfinal.data_ptr<float>() + b0 * D * H + d * H
+                                         : nullptr;
+      backward_direction(d, part, lengths.data_ptr<int64_t>() + b0, w[d],
+                         xh[d].narrow(0, b0, bs), acts[d].narrow(0, b0, bs),
+                         cells[d].narrow(0, b0, bs), gp, gf, c0 ? c0 + b0 * D * H : nullptr,
+                         dx_k, dw_ih_k, dw_hh_k, db_k);
     }
   });
+  if (P > 1) {
+    dw_ih = dw_ih.sum(0, true);
+    dw_hh = dw_hh.sum(0, true);
+    db = db.sum(0, true);
+  }
   at::Tensor dx_sum = D == 1 ? dx[0] : dx[0].add_(dx[1]);
   return {dx_sum, dw_ih, dw_hh, db};
 }

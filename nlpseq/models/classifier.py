@@ -32,6 +32,13 @@ class ClassifierConfig:
                               help="training: replace this fraction of tokens by <unk>")
     adversarial: float = key(0.0, low=0, help="training: also train on word vectors moved by "
                              "this L2 norm per text towards a higher loss (0 = off)")
+    chunk_length: int = key(0, low=0, help="read longer texts as chunks of this many tokens, "
+                            "side by side, pooled together (0 = whole texts; not with "
+                            "pooling last)")
+    ngram_buckets: int = key(0, low=0, help="also score hashed word n-grams linearly, in a table "
+                             "of this many rows (0 = off; rows trained lazily with "
+                             "embeddings.lazy_updates)")
+    ngram_order: int = key(2, low=1, help="longest n-gram the n-gram table scores")
 
 
 class TextClassifier(nn.Module):
@@ -43,6 +50,13 @@ class TextClassifier(nn.Module):
     direction that raises it most (Miyato et al., 2017), which costs about 2.5x per step.
     ``fixed_vectors`` (F, E) are pretrained vectors of words never seen in training, looked
     up by ids >= ``vocab_size`` (not weights: see :mod:`nlpseq.embeddings`).
+
+    ``chunk_length`` > 0 cuts longer texts into chunks that the encoder reads as separate rows
+    of one batch, then pools over all of a text's token states: a long review costs chunk-length
+    sequential steps instead of its own length, and context stops at chunk boundaries.
+    ``ngram_buckets`` > 0 adds a linear bag of hashed 1..``ngram_order``-grams to the class
+    scores (fastText, Joulin et al. 2017; the sum of their rows over the square root of their
+    count); rows start at zero, so n-grams never seen in training add nothing.
     """
 
     def __init__(
@@ -60,6 +74,8 @@ class TextClassifier(nn.Module):
         super().__init__()
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}; expected one of {POOLINGS}")
+        if config.chunk_length and config.pooling == "last":
+            raise ValueError("model.chunk_length needs a pooling over tokens, not last")
         self.config = config
         self.encoder = RecurrentEncoder(
             vocab_size, config.embedding_dim, config.hidden_size, cell=config.cell,
@@ -77,14 +93,24 @@ class TextClassifier(nn.Module):
             self.attention = nn.Linear(size, 1)
         self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(size * (2 if config.pooling == "max-mean" else 1), num_classes)
+        self.chunk_length = config.chunk_length
+        self.ngram_order = config.ngram_order
+        if config.ngram_buckets:
+            self.ngrams = nn.Embedding(config.ngram_buckets, num_classes, sparse=sparse_embedding)
+            nn.init.zeros_(self.ngrams.weight)
 
     def logits(self, ids: Tensor, lengths: Tensor, embedded: Tensor | None = None) -> Tensor:
         """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``; ``embedded (B, T, E)``
         replaces the looked-up word vectors when given."""
-        outputs, final = self.encoder(ids, lengths, embedded=embedded)  # (B, T, D), (B, D)
+        bag = self._ngram_scores(ids, lengths) if hasattr(self, "ngrams") else 0
+        if self.chunk_length and ids.size(1) > self.chunk_length:
+            outputs, final = self._encode_chunks(ids, lengths, embedded), None
+        else:
+            outputs, final = self.encoder(ids, lengths, embedded=embedded)  # (B, T, D), (B, D)
         if self.pooling == "last":
-            return self.output(self.dropout(final))
-        mask = (torch.arange(ids.size(1), device=ids.device) < lengths.unsqueeze(1)).unsqueeze(-1)
+            return self.output(self.dropout(final)) + bag
+        steps = torch.arange(outputs.size(1), device=ids.device)
+        mask = (steps < lengths.unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
         if self.pooling == "attention":
             scores = self.attention(outputs).masked_fill(~mask, float("-inf"))  # (B, T, 1)
             pooled = (scores.softmax(dim=1) * outputs).sum(dim=1)  # (B, D)
@@ -94,7 +120,36 @@ class TextClassifier(nn.Module):
             pooled = {"max": maximum, "mean": mean}.get(self.pooling)
             if pooled is None:
                 pooled = torch.cat([maximum, mean], dim=-1)  # (B, 2D)
-        return self.output(self.dropout(pooled))
+        return self.output(self.dropout(pooled)) + bag
+
+    def _encode_chunks(self, ids: Tensor, lengths: Tensor, embedded: Tensor | None) -> Tensor:
+        """Token states ``(B, K * L, D)`` of texts read as K chunks of L tokens each, the
+        chunks of all texts side by side in one encoder batch; zeros past each text's end."""
+        batch, steps, size = ids.size(0), ids.size(1), self.chunk_length
+        chunks = -(-steps // size)
+        ids = F.pad(ids, (0, chunks * size - steps)).view(batch * chunks, size)
+        starts = torch.arange(chunks, device=ids.device) * size
+        chunk_lengths = (lengths.to(ids.device).unsqueeze(1) - starts).clamp(0, size).view(-1)
+        used = chunk_lengths.nonzero().squeeze(1)  # chunks holding at least one token
+        if embedded is not None:
+            embedded = F.pad(embedded, (0, 0, 0, chunks * size - steps))
+            embedded = embedded.view(batch * chunks, size, -1)[used]
+        outputs, _ = self.encoder(ids[used], chunk_lengths[used], embedded=embedded)
+        full = outputs.new_zeros(batch * chunks, size, outputs.size(-1))
+        return full.index_copy(0, used, outputs).view(batch, chunks * size, -1)
+
+    def _ngram_scores(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Class scores ``(B, C)`` of the hashed n-grams of each text."""
+        steps = torch.arange(ids.size(1), device=ids.device)
+        hashed, rows, counts = ids, [], 0
+        for n in range(1, self.ngram_order + 1):
+            if n > 1:  # the n-gram ending at position i + n - 1, hashed below 2^31
+                hashed = (hashed[:, :-1] * 1_000_003 + ids[:, n - 1 :]) % 2_147_483_647
+            real = (steps[: hashed.size(1)] + n <= lengths.unsqueeze(1)).unsqueeze(-1)
+            vectors = self.ngrams(hashed % self.ngrams.num_embeddings)  # (B, T - n + 1, C)
+            rows.append((vectors * real).sum(dim=1))
+            counts = counts + real.sum(dim=1)
+        return sum(rows) / counts.clamp(min=1).sqrt()
 
     def forward(self, batch: TextBatch, carry: None = None) -> tuple[Tensor, int, None]:
         """Summed cross-entropy over the batch and the number of examples (in training with

@@ -254,7 +254,8 @@ class NerTask(Task):
         model.eval()
         out: list[list[str]] = [[] for _ in range(len(table))]
         for indices in bucket_batches(
-            table.lengths.tolist(), self.config.eval.batch_size, shuffle=False
+            table.lengths.tolist(), self.config.eval.batch_size, shuffle=False,
+            max_tokens=self.config.eval.max_tokens,
         ):
             batch = table.collate(indices).to(self.device)
             for index, path in zip(indices, model.decode(batch)):

@@ -81,6 +81,9 @@ class SentimentTask(Task):
     def prepare(self, log: Log, artifacts: Path | None = None) -> None:
         data = self.config.data
         train = self._read(data.train, data.train_split)
+        dev = None
+        if data.dev_size and not data.dev and data.format != "hub":
+            train, dev = hold_out(train, data.dev_size, self.config.source or None)
         if data.limit:
             train = LabelledData(
                 train.texts[: data.limit], train.labels[: data.limit], train.lines, train.path
@@ -101,8 +104,10 @@ class SentimentTask(Task):
             f"labels {', '.join(self.names)}")
         if data.dev or data.format == "hub":
             dev = self._read(data.dev, data.dev_split)
+        if dev is not None:
             self.dev_ids, self.dev_labels = self._encode(dev)
-            log(f"dev: {len(self.dev_ids)} examples from {dev.path}")
+            held = " (held out of train: data.dev_size)" if not data.dev else ""
+            log(f"dev: {len(self.dev_ids)} examples from {dev.path}{held}")
 
     def save_artifacts(self, directory: Path) -> None:
         save_objects(directory, {TOKENIZER: self.tokenizer, LABELS: self.labels})
@@ -151,7 +156,8 @@ class SentimentTask(Task):
         store = TokenStore(ids)
         out = torch.empty(len(ids), len(self.labels))
         for batch in bucket_batches(
-            store.lengths.tolist(), self.config.eval.batch_size, shuffle=False
+            store.lengths.tolist(), self.config.eval.batch_size, shuffle=False,
+            max_tokens=self.config.eval.max_tokens,
         ):
             b = store.collate(batch).to(self.device)
             out[batch] = model.logits(b.ids, b.lengths).float().softmax(-1).cpu()
@@ -191,6 +197,23 @@ class SentimentTask(Task):
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
         return json.dumps(result) if as_json else result["label"]
+
+
+def hold_out(data: LabelledData, size: int, source: str | None = None,
+             ) -> tuple[LabelledData, LabelledData]:
+    """``data`` split into (train, dev) with ``size`` dev examples, chosen at random with a
+    fixed seed so that every run of a pipeline holds out the same ones; both keep file order."""
+    if size >= len(data.texts):
+        raise NlpseqError(f"data.dev_size {size} leaves no training examples: {data.path} has "
+                          f"{len(data.texts)}", source)
+    order = torch.randperm(len(data.texts), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def part(indices: list[int]) -> LabelledData:
+        indices.sort()
+        return LabelledData([data.texts[i] for i in indices], [data.labels[i] for i in indices],
+                            [data.lines[i] for i in indices], data.path)
+
+    return part(order[size:]), part(order[:size])
 
 
 def label_names(spec: str, labels: list[str], source: str | None = None) -> list[str]:
