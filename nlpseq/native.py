@@ -215,13 +215,21 @@ MAX_THREADS = 4  # beyond this, oneDNN's kernel (which splits each step) is left
 
 def usable(rnn: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`lstm_layer` can run ``rnn`` (a one-layer ``nn.LSTM``) on ``x``: float32
-    on CPU, no autocast, at most :data:`MAX_THREADS` threads, and the library loads."""
+    on CPU, no autocast other than bfloat16 (see :func:`bf16_products`), at most
+    :data:`MAX_THREADS` threads, and the library loads."""
     return (
         isinstance(rnn, torch.nn.LSTM) and rnn.num_layers == 1 and rnn.bias
         and rnn.proj_size == 0 and x.device.type == "cpu" and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and (not torch.is_autocast_enabled("cpu") or bf16_products())
         and torch.get_num_threads() <= MAX_THREADS and load()
     )
+
+
+def bf16_products() -> bool:
+    """Whether the kernel runs its matrix products in bfloat16 (float32 accumulation): under
+    CPU autocast to bfloat16. Everything between the products stays float32."""
+    return torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -232,12 +240,12 @@ def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lengths, h0, c0, directions, *weights):
+    def forward(ctx, x, lengths, h0, c0, directions, bf16, *weights):
         w_ih, w_hh, b_ih, b_hh = (list(weights[k::4]) for k in range(4))
         out, final, final_c, w, xh, acts, cells = torch.ops.nlpseq.lstm_layer_forward(
-            x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0)
+            x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, bf16)
         ctx.save_for_backward(lengths, w, xh, acts, cells, c0)
-        ctx.directions = directions
+        ctx.directions, ctx.bf16 = directions, bf16
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
         ctx.mark_non_differentiable(final_c)
         return out, final, final_c
@@ -245,11 +253,11 @@ class _LSTMLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal, _dfinal_c):
         dx, dw_ih, dw_hh, db = torch.ops.nlpseq.lstm_layer_backward(
-            dout, dfinal, *ctx.saved_tensors)
+            dout, dfinal, *ctx.saved_tensors, ctx.bf16)
         grads = []
         for k in range(ctx.directions):
             grads += [dw_ih[k], dw_hh[k], db[k], db[k]]
-        return (dx, None, None, None, None, *grads)
+        return (dx, None, None, None, None, None, *grads)
 
 
 def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
@@ -261,7 +269,9 @@ def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
     suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
     weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), h0, c0, len(suffixes), *weights)
+    # under autocast the weights would reach the kernel as they are: float32 (it rounds them)
+    return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), h0, c0, len(suffixes),
+                            bf16_products(), *weights)
 
 
 def lstm_layer(

@@ -42,7 +42,7 @@ def test_matches_torch_lstm_outputs_and_gradients(bidirectional, shape, threads,
         lengths[0] = steps
         out, final = native.lstm_layer(rnn, x, lengths)
         expected, expected_final = packed_reference(rnn, x, lengths)
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out, expected, atol=2e-4, rtol=0)  # a flipped rounding at most
         torch.testing.assert_close(final, expected_final, atol=1e-5, rtol=0)
         inputs = [x, *rnn.parameters()]
         # Losses that weigh every output differently: on the outputs, the final states, both.
@@ -154,8 +154,10 @@ def test_used_only_where_it_applies():
     assert not native.usable(nn.GRU(3, 4, batch_first=True), x)
     assert not native.usable(nn.LSTM(3, 4, num_layers=2, batch_first=True), x)
     assert not native.usable(lstm, x.bfloat16())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.float16):
         assert not native.usable(lstm, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products, float32 elsewhere
+        assert native.usable(lstm, x) == native.load()
     assert native.usable(lstm, x) == native.load()
 
 
@@ -213,3 +215,78 @@ def test_a_missing_kernel_skips_with_the_reason_or_fails_under_ci(ci, code, mess
     assert done.returncode == code, done.stdout[-3000:]
     assert message in done.stdout, done.stdout[-3000:]
     assert "NLPSEQ_NATIVE=0 turns them off" in done.stdout
+
+
+class _Bf16Product(torch.autograd.Function):
+    """a @ b as the kernel forms it under bfloat16 autocast: a bfloat16 product of rounded
+    operands (torch's own, float32 accumulation, a bfloat16 result); the gradients are such
+    products too, of the incoming gradient rounded."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _product(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        return _product(grad, b.T), _product(a.T, grad)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.bfloat16() @ b.bfloat16()).float()
+
+
+def _reference_bf16_lstm(rnn: nn.LSTM, x: torch.Tensor, state) -> torch.Tensor:
+    """One direction, step by step, each step's product [x_t h] [W_ih W_hh]^T as above."""
+    w = torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], dim=1)  # (4H, I+H)
+    bias = rnn.bias_ih_l0 + rnn.bias_hh_l0
+    h, c = state[0][0], state[1][0]
+    outputs = []
+    for t in range(x.size(1)):
+        gates = _Bf16Product.apply(torch.cat([x[:, t], h], dim=1), w.T) + bias
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("threads, blas", [(1, "1"), (2, "1"), (2, "0")])
+def test_bf16_products_match_rounded_operands(monkeypatch, threads, blas):
+    """Under bfloat16 autocast the kernel's products are bfloat16 products (with or without
+    torch's BLAS symbol, the latter checked in a fresh process): outputs and gradients equal
+    a reference that forms the same products, and differ from the float32 layer's."""
+    if blas == "0":
+        test = f"{__file__}::test_bf16_products_match_rounded_operands[2-1]"
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+            env={**os.environ, "NLPSEQ_TORCH_BLAS": "0", "CI": "true"}, capture_output=True,
+            text=True)
+        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:]
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(5)
+        rnn = nn.LSTM(6, 16, batch_first=True)
+        x = torch.randn(17, 8, 6, requires_grad=True)
+        state = (torch.randn(1, 17, 16), torch.randn(1, 17, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = native.lstm_stateful(rnn, x, state)
+        assert out.dtype == torch.float32
+        expected = _reference_bf16_lstm(rnn, x, state)
+        torch.testing.assert_close(out, expected, atol=2e-4, rtol=0)  # a flipped rounding at most
+        float32_out, _ = native.lstm_stateful(rnn, x, state)
+        assert (out - float32_out).abs().max() > 1e-3  # the products really were rounded
+        weight = torch.randn_like(out)
+        inputs = [x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0]
+        grads = torch.autograd.grad((out * weight).sum(), inputs)
+        # The kernel rounds each whole weight gradient once (one product over all steps);
+        # the reference rounds each step's: they agree to bfloat16's precision, as a whole.
+        expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+        for got, want in zip(grads, expected_grads):
+            assert (got - want).norm() <= 1e-2 * want.norm()
+    finally:
+        torch.set_num_threads(previous)

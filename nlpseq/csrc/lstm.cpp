@@ -23,6 +23,7 @@
 // each direction's [W_ih W_hh]. Gate order i, f, g, o as in torch.nn.LSTM.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -248,10 +249,57 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, c
         {ld, 1}, at::TensorOptions().dtype(at::kFloat));
     return transpose ? stored.t() : stored;
   };
+  // float32 whatever the caller's autocast (which runs this kernel with bfloat16 products)
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   const at::Tensor product =
       at::mm(view(a, transpose_a, m, k, lda), view(b, transpose_b, k, n, ldb));
   const float* src = product.data_ptr<float>();
   for (int64_t row = 0; row < m; ++row) std::copy(src + row * n, src + (row + 1) * n, c + row * ldc);
+}
+
+// bfloat16 products (`bf16`: the layer runs under bfloat16 autocast): each product's operands
+// are rounded to bfloat16 and multiplied by oneDNN (at::mm on bfloat16 tensors, float32
+// accumulation, the result rounded to bfloat16 as autocast's products are), which CPUs with
+// AVX512-BF16 or AMX run at 2-3x the float32 rate; states, gates and gradients stay float32
+// between products. (MKL's cblas_gemm_bf16bf16f32 keeps a float32 result but repacks the
+// weights on every call and ran these small products no faster than float32.)
+inline uint16_t to_bf16(float v) {  // round to nearest even; inf and NaN stay what they are
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// rows x cols floats (row stride ld) -> contiguous bfloat16.
+void round_rows(const float* src, int64_t rows, int64_t cols, int64_t ld, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = src + r * ld;
+    uint16_t* out = dst + r * cols;
+    for (int64_t c = 0; c < cols; ++c) out[c] = to_bf16(row[c]);
+  }
+}
+
+// `gemm` on bfloat16 operands (rows of lda / ldb elements), float32 result.
+void gemm16(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k,
+            const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float* c,
+            int64_t ldc) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  auto view = [](const uint16_t* p, bool transpose, int64_t rows, int64_t cols, int64_t ld) {
+    const at::Tensor stored = at::from_blob(
+        const_cast<uint16_t*>(p), transpose ? at::IntArrayRef{cols, rows} : at::IntArrayRef{rows, cols},
+        {ld, 1}, at::TensorOptions().dtype(at::kBFloat16));
+    return transpose ? stored.t() : stored;
+  };
+  const at::Tensor product =
+      at::mm(view(a, transpose_a, m, k, lda), view(b, transpose_b, k, n, ldb)).contiguous();
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(product.data_ptr());
+  for (int64_t row = 0; row < m; ++row) {
+    float* out = c + row * ldc;
+    for (int64_t col = 0; col < n; ++col) {
+      const uint32_t u = static_cast<uint32_t>(src[row * n + col]) << 16;
+      std::memcpy(out + col, &u, sizeof u);
+    }
+  }
 }
 
 // Inside a parallel region, MKL's thread count for the calling thread's products is 1 while
@@ -307,7 +355,7 @@ inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T 
 // h0, c0: (B, D*H) initial states, or null for zeros.
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
-                       const at::Tensor& b_hh, const float* h0, const float* c0,
+                       const at::Tensor& b_hh, const float* h0, const float* c0, bool bf16,
                        at::Tensor& out, at::Tensor& final, at::Tensor& final_c,
                        at::Tensor& w, at::Tensor& xh, at::Tensor& acts, at::Tensor& cells) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
@@ -336,6 +384,8 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     }
   }
   std::vector<float> rec(B * G);
+  std::vector<uint16_t> w16(bf16 ? G * K : 0), xh16(bf16 ? B * K : 0);  // bfloat16 operands
+  if (bf16) round_rows(wp, G, K, K, w16.data());
   const float* rp = rec.data();
   const float* bp = bias.data();
   float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
@@ -355,7 +405,12 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     for (int64_t b = 0; b < B; ++b) {
       std::copy(hp + b * DH, hp + b * DH + H, xp + (b * T + t) * K + I);
     }
-    gemm(false, true, B, G, K, xp + t * K, T * K, wp, K, rec.data(), G);  // (B, 4H)
+    if (bf16) {
+      round_rows(xp + t * K, B, K, T * K, xh16.data());
+      gemm16(false, true, B, G, K, xh16.data(), K, w16.data(), K, rec.data(), G);  // (B, 4H)
+    } else {
+      gemm(false, true, B, G, K, xp + t * K, T * K, wp, K, rec.data(), G);  // (B, 4H)
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
       float* ob = op + row * DH;
@@ -377,7 +432,8 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
 void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
                         const at::Tensor& w, const at::Tensor& xh,
                         const at::Tensor& acts, const at::Tensor& cells, const float* gp,
-                        const float* gfinal, const float* c0, at::Tensor& dx, at::Tensor& dw_ih,
+                        const float* gfinal, const float* c0, bool bf16, at::Tensor& dx,
+                        at::Tensor& dw_ih,
                         at::Tensor& dw_hh, at::Tensor& dbias) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
@@ -399,6 +455,8 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
   float* dxp = dx.data_ptr<float>();
   float* dbp = dbias.data_ptr<float>();
   std::fill(dbp, dbp + G, 0.0f);
+  std::vector<uint16_t> w16(bf16 ? G * K : 0), step16(bf16 ? B * G : 0);
+  if (bf16) round_rows(wp, G, K, K, w16.data());
   if (gfinal) {
     for (int64_t b = 0; b < B; ++b) std::copy(gfinal + b * DH, gfinal + b * DH + H, dhp + b * H);
   }
@@ -417,7 +475,12 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
       cell_backward(H, ap + row * G, sp + row * H, cprev, gp ? gp + row * DH : zeros.data(),
                     dhp + b * H, dcp + b * H, dp + row * G, dbp);
     }
-    gemm(false, false, B, H, G, dp + t * G, T * G, wp + I, K, dhs.data(), H);  // (B, H)
+    if (bf16) {
+      round_rows(dp + t * G, B, G, T * G, step16.data());
+      gemm16(false, false, B, H, G, step16.data(), G, w16.data() + I, K, dhs.data(), H);
+    } else {
+      gemm(false, false, B, H, G, dp + t * G, T * G, wp + I, K, dhs.data(), H);  // (B, H)
+    }
     // A row at padding keeps what it carries: a forward-direction row that has not reached
     // its end yet holds its final state's gradient.
     for (int64_t b = 0; b < B; ++b) {
@@ -425,12 +488,23 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
     }
   }
   // dx = dgates W_ih over all steps (zero at padding, where dgates is)
-  gemm(false, false, B * T, I, G, dp, G, wp, K, dxp, I);
+  std::vector<uint16_t> dp16(bf16 ? B * T * G : 0), xh16(bf16 ? B * T * K : 0);
+  if (bf16) {
+    round_rows(dp, B * T, G, G, dp16.data());
+    round_rows(xp, B * T, K, K, xh16.data());
+    gemm16(false, false, B * T, I, G, dp16.data(), G, w16.data(), K, dxp, I);
+  } else {
+    gemm(false, false, B * T, I, G, dp, G, wp, K, dxp, I);
+  }
   // [dW_ih dW_hh]^T = [x h]^T dgates (I+H, 4H): this orientation of the product runs faster
   // here than dgates^T [x h] or one product per gradient; the transpose is written straight
   // into the two gradients.
   std::vector<float> dw_t(K * G);
-  gemm(true, false, K, G, B * T, xp, K, dp, G, dw_t.data(), G);
+  if (bf16) {
+    gemm16(true, false, K, G, B * T, xh16.data(), K, dp16.data(), G, dw_t.data(), G);
+  } else {
+    gemm(true, false, K, G, B * T, xp, K, dp, G, dw_t.data(), G);
+  }
   const float* src = dw_t.data();
   float* dip = dw_ih.data_ptr<float>();
   float* dwhp = dw_hh.data_ptr<float>();
@@ -462,7 +536,7 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
                                            at::TensorList w_ih, at::TensorList w_hh,
                                            at::TensorList b_ih, at::TensorList b_hh,
                                            const std::optional<at::Tensor>& h0_in,
-                                           const std::optional<at::Tensor>& c0_in) {
+                                           const std::optional<at::Tensor>& c0_in, bool bf16) {
   check_inputs(x_in, lengths_in, w_ih, w_hh);
   at::Tensor x = x_in.contiguous();
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -493,7 +567,7 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
       forward_direction(d, part, lengths.data_ptr<int64_t>() + b0, x.narrow(0, b0, bs),
                         w_ih[d].contiguous(), w_hh[d].contiguous(), b_ih[d].contiguous(),
                         b_hh[d].contiguous(), h0 ? h0 + b0 * D * H : nullptr,
-                        c0 ? c0 + b0 * D * H : nullptr, out_k, final_k, final_c_k, w_k, xh_k,
+                        c0 ? c0 + b0 * D * H : nullptr, bf16, out_k, final_k, final_c_k, w_k, xh_k,
                         acts_k, cells_k);
     }
   });
@@ -507,7 +581,8 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
                                             const at::Tensor& lengths_in, const at::Tensor& w,
                                             const at::Tensor& xh, const at::Tensor& acts,
                                             const at::Tensor& cells,
-                                            const std::optional<at::Tensor>& c0_in) {
+                                            const std::optional<at::Tensor>& c0_in,
+                                            bool bf16) {
   TORCH_CHECK(w.dim() == 3 && xh.dim() == 4 && xh.size(0) == w.size(0) &&
               xh.size(3) == w.size(2), "w must be (D, 4H, I+H) and xh (D, B, T, I+H)");
   const int64_t H = w.size(1) / 4;
@@ -538,7 +613,7 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
       backward_direction(d, part, lengths.data_ptr<int64_t>() + b0, w[d],
                          xh[d].narrow(0, b0, bs), acts[d].narrow(0, b0, bs),
                          cells[d].narrow(0, b0, bs), gp, gf, c0 ? c0 + b0 * D * H : nullptr,
-                         dx_k, dw_ih_k, dw_hh_k, db_k);
+                         bf16, dx_k, dw_ih_k, dw_hh_k, db_k);
     }
   });
   if (P > 1) {
@@ -554,9 +629,10 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
 
 TORCH_LIBRARY(nlpseq, m) {
   m.def("lstm_layer_forward(Tensor x, Tensor lengths, Tensor[] w_ih, Tensor[] w_hh, "
-        "Tensor[] b_ih, Tensor[] b_hh, Tensor? h0=None, Tensor? c0=None) -> Tensor[]");
+        "Tensor[] b_ih, Tensor[] b_hh, Tensor? h0=None, Tensor? c0=None, bool bf16=False) "
+        "-> Tensor[]");
   m.def("lstm_layer_backward(Tensor? dout, Tensor? dfinal, Tensor lengths, Tensor w, "
-        "Tensor xh, Tensor acts, Tensor cells, Tensor? c0=None) -> Tensor[]");
+        "Tensor xh, Tensor acts, Tensor cells, Tensor? c0=None, bool bf16=False) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nlpseq, CPU, m) {
