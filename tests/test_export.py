@@ -67,6 +67,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tsv = write_tsv(base / "train.tsv", sentences(1, 24))
     out["sentiment"] = _train(base, "sentiment", {"train": tsv, "dev": tsv},
                               {"train.epochs": 2})
+    base = tmp_path_factory.mktemp("long")
+    tsv = write_tsv(base / "train.tsv", sentences(1, 24))
+    out["sentiment-long"] = _train(base, "sentiment", {"train": tsv, "dev": tsv}, {
+        "train.epochs": 2, "model.chunk_length": 3, "model.ngram_buckets": 97,
+        "model.ngram_order": 3, "model.pooling": "max-mean"})
     base = tmp_path_factory.mktemp("ner")
     (base / "train.conll").write_text(NER_TEXT, encoding="utf-8")
     conll = base / "train.conll"
@@ -99,9 +104,12 @@ def test_export_writes_checked_graphs_with_dynamic_axes(runs, task, tmp_path):
         assert meta["max_abs_difference"][name] < 1e-4
 
 
-def test_onnx_sentiment_labels_and_probabilities_match_torch(runs):
-    torch_task = nlpseq.load(runs["sentiment"])
-    onnx_task = nlpseq.load(runs["sentiment"], backend="onnx")
+@pytest.mark.parametrize("run", ["sentiment", "sentiment-long"])
+def test_onnx_sentiment_labels_and_probabilities_match_torch(runs, run):
+    """Also with chunks and n-grams (sentiment-long), over texts longer and shorter than a
+    chunk and than the graph's example."""
+    torch_task = nlpseq.load(runs[run])
+    onnx_task = nlpseq.load(runs[run], backend="onnx")
     expected, got = torch_task.predict(TEXTS), onnx_task.predict(TEXTS)
     assert [e["label"] for e in expected] == [g["label"] for g in got]
     for e, g in zip(expected, got):

@@ -103,7 +103,7 @@ class TextClassifier(nn.Module):
         """``ids (B, T)``, ``lengths (B,)`` -> class scores ``(B, C)``; ``embedded (B, T, E)``
         replaces the looked-up word vectors when given."""
         bag = self._ngram_scores(ids, lengths) if hasattr(self, "ngrams") else 0
-        if self.chunk_length and ids.size(1) > self.chunk_length:
+        if self.chunk_length:  # also for short texts: one graph whatever the length (export)
             outputs, final = self._encode_chunks(ids, lengths, embedded), None
         else:
             outputs, final = self.encoder(ids, lengths, embedded=embedded)  # (B, T, D), (B, D)
@@ -124,19 +124,25 @@ class TextClassifier(nn.Module):
 
     def _encode_chunks(self, ids: Tensor, lengths: Tensor, embedded: Tensor | None) -> Tensor:
         """Token states ``(B, K * L, D)`` of texts read as K chunks of L tokens each, the
-        chunks of all texts side by side in one encoder batch; zeros past each text's end."""
-        batch, steps, size = ids.size(0), ids.size(1), self.chunk_length
-        chunks = -(-steps // size)
-        ids = F.pad(ids, (0, chunks * size - steps)).view(batch * chunks, size)
-        starts = torch.arange(chunks, device=ids.device) * size
-        chunk_lengths = (lengths.to(ids.device).unsqueeze(1) - starts).clamp(0, size).view(-1)
-        used = chunk_lengths.nonzero().squeeze(1)  # chunks holding at least one token
-        if embedded is not None:
-            embedded = F.pad(embedded, (0, 0, 0, chunks * size - steps))
-            embedded = embedded.view(batch * chunks, size, -1)[used]
-        outputs, _ = self.encoder(ids[used], chunk_lengths[used], embedded=embedded)
-        full = outputs.new_zeros(batch * chunks, size, outputs.size(-1))
-        return full.index_copy(0, used, outputs).view(batch, chunks * size, -1)
+        chunks of all texts side by side in one encoder batch; zeros past each text's end.
+
+        Written with shape-generic operations only (no Python arithmetic on sizes), so that
+        an exported graph chunks texts of any length."""
+        batch, size = ids.size(0), self.chunk_length
+        extra = (-ids.size(1)) % size  # padding up to whole chunks: ceil(T / L) of them
+        ids = F.pad(ids, (0, extra)).reshape(batch, -1, size)  # (B, K, L)
+        lengths = lengths.to(ids.device)
+        starts = torch.arange(ids.size(1), device=ids.device) * size  # (K,)
+        chunk_lengths = (lengths.unsqueeze(1) - starts).clamp(0, size)  # (B, K)
+        if embedded is not None:  # (B, T, E) -> (B*K, L, E)
+            embedded = F.pad(embedded, (0, 0, 0, extra)).reshape(-1, size, embedded.size(2))
+        # A chunk past a text's end is read as one padding token and masked below: cheaper
+        # than gathering the used chunks, since length bucketing leaves few of them.
+        outputs, _ = self.encoder(ids.reshape(-1, size), chunk_lengths.reshape(-1).clamp(min=1),
+                                  embedded=embedded)  # (B*K, L, D)
+        outputs = outputs.reshape(batch, -1, outputs.size(-1))  # (B, K*L, D)
+        real = torch.arange(outputs.size(1), device=ids.device) < lengths.unsqueeze(1)
+        return outputs * real.unsqueeze(-1).to(outputs.dtype)
 
     def _ngram_scores(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Class scores ``(B, C)`` of the hashed n-grams of each text."""
