@@ -200,10 +200,10 @@ def test_int8_quantizes_at_load_and_writes_nothing(runs):
     assert len(task.predict(sentence)[0]) == 4
 
 
-@pytest.mark.parametrize("task", ["sentiment", "chargen", "translate"])
+@pytest.mark.parametrize("task", ["sentiment", "sentiment-long", "chargen", "translate"])
 def test_int8_runs_every_task(runs, task):
     loaded = nlpseq.load(runs[task], backend="int8")
-    if task == "sentiment":
+    if task.startswith("sentiment"):
         assert {r["label"] for r in loaded.predict(TEXTS)} <= set(loaded.names)
     elif task == "chargen":
         assert len(loaded.generate("the ", 20, temperature=0)) == 24
