@@ -342,8 +342,15 @@ int64_t row_blocks(int64_t D, int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 8));
 }
 
-// First row of block p of P over B rows.
-inline int64_t block_start(int64_t p, int64_t P, int64_t B) { return p * B / P; }
+// Task k of D * P: direction d over the rows [first, first + rows).
+struct Task {
+  int64_t d, first, rows;
+};
+
+inline Task task_at(int64_t k, int64_t D, int64_t P, int64_t B) {
+  const int64_t p = k / D, first = p * B / P;
+  return {k % D, first, (p + 1) * B / P - first};
+}
 
 // Step t of direction d at position s of its own order (right to left for d = 1).
 inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T - 1 - s; }
@@ -558,7 +565,7 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
     OneBlasThread one_blas_thread;
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t d = k % D, b0 = block_start(k / D, P, B), bs = block_start(k / D + 1, P, B) - b0;
+      const auto [d, b0, bs] = task_at(k, D, P, B);
       const Shape part{bs, T, I, H, D};
       at::Tensor out_k = out.narrow(0, b0, bs), final_k = final.narrow(0, b0, bs);
       at::Tensor final_c_k = final_c.narrow(0, b0, bs), w_k = w[k];
@@ -603,7 +610,7 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
     at::NoGradGuard no_grad;
     OneBlasThread one_blas_thread;
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t d = k % D, b0 = block_start(k / D, P, B), bs = block_start(k / D + 1, P, B) - b0;
+      const auto [d, b0, bs] = task_at(k, D, P, B);
       const Shape part{bs, T, I, H, D};
       at::Tensor dx_k = dx[d].narrow(0, b0, bs), dw_ih_k = dw_ih[k], dw_hh_k = dw_hh[k];
       at::Tensor db_k = db[k];
