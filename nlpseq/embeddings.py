@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nlpseq.checkpoint import atomic_path, write_json
+from nlpseq.config import expand_env
 from nlpseq.errors import NlpseqError
 
 if TYPE_CHECKING:
@@ -216,6 +217,12 @@ def _file_digest(path: Path) -> str:
     return _digest(str(path.resolve()), stat.st_size, stat.st_mtime)
 
 
+def _cache_folder(cache_dir: str) -> Path:
+    """``cache_dir`` with ``${VAR:-default}`` and ``~`` expanded: a config built in Python
+    keeps its default unexpanded, and it must not become a folder named ``${NLPSEQ_CACHE...``."""
+    return Path(expand_env(cache_dir)).expanduser()
+
+
 def pretrained_words(path: str, fmt: str, *, cache_dir: str = "", limit: int = 0) -> list[str]:
     """The words of an embeddings file in file order (GloVe and word2vec files are sorted by
     frequency), at most ``limit``; the word list is cached by the file's content hash."""
@@ -224,7 +231,7 @@ def pretrained_words(path: str, fmt: str, *, cache_dir: str = "", limit: int = 0
         file = Path(path).expanduser()
         if not file.is_file():
             raise NlpseqError("embeddings file not found", file)
-        cache_file = Path(cache_dir).expanduser() / f"words-{_file_digest(file)[:24]}.txt"
+        cache_file = _cache_folder(cache_dir) / f"words-{_file_digest(file)[:24]}.txt"
         if cache_file.is_file():
             words = cache_file.read_text(encoding="utf-8").split("\n")
             return words[:limit] if limit else words
@@ -258,7 +265,7 @@ def pretrained_matrix(
             "\n".join([_file_digest(file), fmt, str(dim), str(seed), str(skip), *vocabulary])
             .encode("utf-8")
         ).hexdigest()[:24]
-        cache_file = Path(cache_dir).expanduser() / f"embeddings-{key}.safetensors"
+        cache_file = _cache_folder(cache_dir) / f"embeddings-{key}.safetensors"
         if cache_file.is_file():
             stored = load_file(str(cache_file))
             with open(cache_file.with_suffix(".json"), encoding="utf-8") as handle:

@@ -210,3 +210,15 @@ def test_no_vectors_file_no_fixed_rows(tmp_path):
     (tmp_path / "vectors.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(NlpseqError, match="cannot read the fixed pretrained vectors"):
         load_fixed_vectors(tmp_path, 7)
+
+
+def test_default_cache_folder_of_a_config_built_in_python(tmp_path, glove_file, monkeypatch):
+    from nlpseq.config import EmbeddingsConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NLPSEQ_CACHE", str(tmp_path / "cache"))
+    config = EmbeddingsConfig(path=str(glove_file), format="glove")
+    assert config.cache_dir.startswith("${NLPSEQ_CACHE")  # unexpanded, as written
+    extend_vocabulary(_tokenizer(), config, -1)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("$")] == []
+    assert any(p.name.startswith("words-") for p in (tmp_path / "cache").iterdir())
