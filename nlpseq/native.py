@@ -1,5 +1,5 @@
-"""nlpseq's native CPU kernels (``csrc/``): the LSTM layer, dropout masks and the Adam step
-with clipping's norm, compiled on first use.
+"""nlpseq's native CPU kernels (``csrc/``): the LSTM layer and its decoding step, dropout
+masks and the Adam step with clipping's norm, compiled on first use.
 
 The C++ sources are built once per source / torch / Python version with the system's C++
 compiler into a cache folder (``$NLPSEQ_CACHE`` or ``~/.cache/nlpseq``) and loaded as torch
@@ -230,6 +230,16 @@ def bf16_products() -> bool:
     CPU autocast to bfloat16. Everything between the products stays float32."""
     return torch.is_autocast_enabled("cpu") and \
         torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def lstm_step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w: torch.Tensor,
+              bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step for a few rows, as in decoding: ``x`` (B, I), ``h`` and ``c`` (B, H)
+    float32; ``w`` the packed ``[W_ih W_hh]`` (4H, I+H), float32 or bfloat16 (then ``x`` and
+    ``h`` are rounded to bfloat16 for the products, accumulated in float32); ``bias`` (4H) is
+    ``b_ih + b_hh``. Returns the new ``(h, c)``. No autograd."""
+    h_new, c_new = torch.ops.nlpseq.lstm_step(x, h, c, w, bias)
+    return h_new, c_new
 
 
 def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:

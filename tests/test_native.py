@@ -290,3 +290,66 @@ def test_bf16_products_match_rounded_operands(monkeypatch, threads, blas):
             assert (got - want).norm() <= 1e-2 * want.norm()
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("rows, inputs, hidden, threads", [
+    (1, 9, 7, 1), (1, 64, 130, 2), (3, 33, 70, 2), (2, 5, 200, 1)])
+def test_step_matches_lstm_cell(rows, inputs, hidden, threads):
+    """The decoding step equals torch.lstm_cell in float32, and a reference with the same
+    bfloat16 products when its packed weights are bfloat16; hidden sizes that are not a
+    multiple of the vector width and splits across threads included."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(rows * 1000 + hidden)
+        x, h, c = torch.randn(rows, inputs), torch.randn(rows, hidden), torch.randn(rows, hidden)
+        w_ih, w_hh = torch.randn(4 * hidden, inputs) / 3, torch.randn(4 * hidden, hidden) / 3
+        b_ih, b_hh = torch.randn(4 * hidden), torch.randn(4 * hidden)
+        w, bias = torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh
+        got_h, got_c = native.lstm_step(x, h, c, w, bias)
+        want_h, want_c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        torch.testing.assert_close(got_h, want_h, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_c, want_c, atol=1e-5, rtol=1e-5)
+        got_h, got_c = native.lstm_step(x, h, c, w.bfloat16(), bias)
+        rounded = torch.cat([x, h], dim=1).bfloat16().double() @ w.T.bfloat16().double()
+        i, f, g, o = (rounded.float() + bias).chunk(4, dim=1)  # float32 sums, not rounded
+        want_c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        want_h = torch.sigmoid(o) * torch.tanh(want_c)
+        torch.testing.assert_close(got_h, want_h, atol=1e-4, rtol=0)
+        torch.testing.assert_close(got_c, want_c, atol=1e-4, rtol=1e-4)
+        assert (got_c - torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)[1]).abs().max() > 1e-4
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("bf16", [False, True])
+def test_char_lm_steps_through_the_kernel_and_repacks_changed_weights(bf16, monkeypatch):
+    """CharLM.step with the kernel gives torch.lstm_cell's logits (to bfloat16 precision where
+    the model computes in bfloat16), and packs its weights again after they change in place."""
+    from nlpseq.models.charlm import CharLM, CharLMConfig
+
+    monkeypatch.setattr(native, "bf16_native", lambda _device: True)
+    torch.manual_seed(0)
+    model = CharLM(CharLMConfig(embedding_dim=8, hidden_size=24, layers=2, bf16=bf16), 11).eval()
+    tokens = torch.tensor([3, 5])
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            fast, _ = model.step(tokens, None)
+            with native.disabled():
+                plain, _ = model.step(tokens, None)
+        return fast, plain
+
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, atol=2e-2 if bf16 else 1e-5, rtol=0)
+    if bf16:
+        assert (fast - plain).abs().max() > 1e-6
+    with torch.no_grad():
+        model.rnns[1].weight_ih_l0.mul_(-2.0)
+    fast_after, plain_after = both()
+    assert (plain_after - plain).abs().max() > 1e-2
+    torch.testing.assert_close(fast_after, plain_after, atol=2e-2 if bf16 else 1e-5, rtol=0)
+    grads = model.step(tokens, None)[0]
+    assert grads.requires_grad  # a step that wants a gradient runs torch's cell

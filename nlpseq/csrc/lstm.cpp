@@ -632,6 +632,110 @@ std::vector<at::Tensor> lstm_layer_backward(const std::optional<at::Tensor>& dou
   return {dx_sum, dw_ih, dw_hh, db};
 }
 
+// --- one step for a few rows (decoding) ----------------------------------------------------
+//
+// Sampling a character LM one character at a time multiplies one row by every weight: the
+// step is bound by reading the weights, not by arithmetic, and torch.lstm_cell spends more on
+// dispatch and on its two separate products than on the reading. Here each step reads
+// [W_ih W_hh] once, packed by the caller (float32, or bfloat16 at half the bytes), and the
+// threads split the hidden units, each computing its units' four gates and cells.
+
+// Dot product of two float32 vectors of length k.
+float dot32(const float* __restrict a, const float* __restrict b, int64_t k) {
+#if defined(__AVX512F__)
+  Vec acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < k; i += 16) {
+    const __mmask16 m = lanes(i, k);
+    acc0 = _mm512_fmadd_ps(load(a + i, m), load(b + i, m), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#else
+  float sum = 0.0f;
+  for (int64_t i = 0; i < k; ++i) sum += a[i] * b[i];
+  return sum;
+#endif
+}
+
+inline float from_bf16(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Dot product of two bfloat16 vectors of length k, accumulated in float32.
+float dot16(const uint16_t* __restrict a, const uint16_t* __restrict b, int64_t k) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 32) {
+    const __mmask32 m = k - i >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((1u << (k - i)) - 1);
+    const __m512i x = _mm512_maskz_loadu_epi16(m, a + i), y = _mm512_maskz_loadu_epi16(m, b + i);
+    acc = _mm512_dpbf16_ps(acc, reinterpret_cast<const __m512bh&>(x),
+                           reinterpret_cast<const __m512bh&>(y));
+  }
+  return _mm512_reduce_add_ps(acc);
+#else
+  float sum = 0.0f;
+  for (int64_t i = 0; i < k; ++i) sum += from_bf16(a[i]) * from_bf16(b[i]);
+  return sum;
+#endif
+}
+
+// x (B, I), h and c (B, H) float32; w (4H, I+H) float32 or bfloat16 ([W_ih W_hh], gate order
+// i, f, g, o); bias (4H) float32 (b_ih + b_hh). Returns the new h and c, each (B, H).
+std::vector<at::Tensor> lstm_step(const at::Tensor& x_in, const at::Tensor& h_in,
+                                  const at::Tensor& c_in, const at::Tensor& w_in,
+                                  const at::Tensor& bias_in) {
+  TORCH_CHECK(x_in.dim() == 2 && h_in.dim() == 2 && c_in.sizes() == h_in.sizes(),
+              "lstm_step: x (B, I), h and c (B, H)");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && h_in.scalar_type() == at::kFloat &&
+                  c_in.scalar_type() == at::kFloat && bias_in.scalar_type() == at::kFloat,
+              "lstm_step: x, h, c and bias must be float32");
+  TORCH_CHECK(w_in.scalar_type() == at::kFloat || w_in.scalar_type() == at::kBFloat16,
+              "lstm_step: w must be float32 or bfloat16");
+  const at::Tensor x = x_in.contiguous(), h = h_in.contiguous(), c = c_in.contiguous();
+  const at::Tensor w = w_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t B = x.size(0), I = x.size(1), H = h.size(1), K = I + H;
+  TORCH_CHECK(h.size(0) == B && w.size(0) == 4 * H && w.size(1) == K && bias.numel() == 4 * H,
+              "lstm_step: w must be (4H, I+H) and bias (4H)");
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  std::vector<float> xh(B * K);
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy(x.data_ptr<float>() + b * I, x.data_ptr<float>() + (b + 1) * I, xh.data() + b * K);
+    std::copy(h.data_ptr<float>() + b * H, h.data_ptr<float>() + (b + 1) * H,
+              xh.data() + b * K + I);
+  }
+  std::vector<uint16_t> xh16(bf16 ? B * K : 0);
+  if (bf16) round_rows(xh.data(), B, K, K, xh16.data());
+  at::Tensor h_out = at::empty({B, H}, h.options()), c_out = c.clone();
+  const float* wp = bf16 ? nullptr : w.data_ptr<float>();
+  const uint16_t* wp16 = bf16 ? reinterpret_cast<const uint16_t*>(w.data_ptr()) : nullptr;
+  const float* bp = bias.data_ptr<float>();
+  // 64 units a task at least: fewer would spend more on waking a thread than on the work
+  at::parallel_for(0, H, 64, [&](int64_t j0, int64_t j1) {
+    const int64_t n = j1 - j0;
+    std::vector<float> gates(4 * n), zeros(4 * n, 0.0f), acts(4 * n), cell(n), out(n);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t q = 0; q < 4; ++q) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t row = q * H + j;
+          const float sum = bf16 ? dot16(wp16 + row * K, xh16.data() + b * K, K)
+                                 : dot32(wp + row * K, xh.data() + b * K, K);
+          gates[q * n + j - j0] = sum + bp[row];
+        }
+      }
+      cell_forward(n, gates.data(), zeros.data(), acts.data(), h_out.data_ptr<float>() + b * H + j0,
+                   c_out.data_ptr<float>() + b * H + j0, out.data(), cell.data());
+    }
+  });
+  return {h_out, c_out};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(nlpseq, m) {
@@ -640,9 +744,11 @@ TORCH_LIBRARY(nlpseq, m) {
         "-> Tensor[]");
   m.def("lstm_layer_backward(Tensor? dout, Tensor? dfinal, Tensor lengths, Tensor w, "
         "Tensor xh, Tensor acts, Tensor cells, Tensor? c0=None, bool bf16=False) -> Tensor[]");
+  m.def("lstm_step(Tensor x, Tensor h, Tensor c, Tensor w, Tensor bias) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nlpseq, CPU, m) {
   m.impl("lstm_layer_forward", lstm_layer_forward);
   m.impl("lstm_layer_backward", lstm_layer_backward);
+  m.impl("lstm_step", lstm_step);
 }

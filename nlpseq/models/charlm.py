@@ -84,8 +84,9 @@ class CharLM(nn.Module):
     hidden_size differs from embedding_dim a linear projection hidden -> embedding_dim is
     inserted before it. With ``bf16`` the training/evaluation forward runs under bfloat16
     autocast where the device computes it natively (CUDA, or a CPU with AVX512-BF16 / AMX;
-    float32 elsewhere; weights and the loss stay float32); step and prime, used for decoding,
-    stay float32.
+    float32 elsewhere; weights and the loss stay float32). For decoding, ``prime`` runs in
+    float32 and ``step`` through nlpseq's one-step kernel where it is available, with
+    bfloat16 weights in its products where ``bf16`` applies.
     """
 
     def __init__(self, config: CharLMConfig, vocab_size: int):
@@ -202,7 +203,10 @@ class CharLM(nn.Module):
         for i, rnn in enumerate(self.rnns):
             weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
             if isinstance(state, tuple):
-                h, c = torch.lstm_cell(x, (hidden[i], state[1][i]), *weights)
+                if self._native_step(rnn, x):
+                    h, c = native.lstm_step(x, hidden[i], state[1][i], *self._packed(i, weights))
+                else:
+                    h, c = torch.lstm_cell(x, (hidden[i], state[1][i]), *weights)
                 new_cells.append(c)
             else:
                 h = torch.gru_cell(x, hidden[i], *weights)
@@ -214,6 +218,25 @@ class CharLM(nn.Module):
         if isinstance(state, tuple):
             return self.output(x), (new_state, torch.stack(new_cells))
         return self.output(x), new_state
+
+    def _native_step(self, rnn: nn.Module, x: Tensor) -> bool:
+        """Whether nlpseq's one-step kernel runs this layer: where its layer kernel would, and
+        only where no gradient is wanted (the step has none)."""
+        wants_grad = torch.is_grad_enabled() and rnn.weight_hh_l0.requires_grad
+        return not wants_grad and native.usable(rnn, x)
+
+    def _packed(self, layer: int, weights: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Layer ``layer``'s ``[W_ih W_hh]`` and summed bias for :func:`native.lstm_step`,
+        packed once and again only after the weights change: bfloat16 where the model
+        computes in bfloat16 (it halves what each step reads), else float32."""
+        bf16 = self.bf16 and native.bf16_native("cpu")
+        key = (bf16, *((w.data_ptr(), w._version) for w in weights))
+        cache = self.__dict__.setdefault("_packed_steps", {})
+        if cache.get(layer, (None,))[0] != key:
+            w_ih, w_hh, b_ih, b_hh = (w.detach() for w in weights)
+            packed = torch.cat([w_ih, w_hh], dim=1).to(torch.bfloat16 if bf16 else torch.float32)
+            cache[layer] = (key, packed.contiguous(), (b_ih + b_hh).contiguous())
+        return cache[layer][1], cache[layer][2]
 
     def prime(self, tokens: Tensor, state: HiddenState | None) -> tuple[Tensor, HiddenState]:
         """Consume a whole prompt in one recurrent call per layer: tokens (B, T) -> (logits after
