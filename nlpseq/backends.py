@@ -11,11 +11,16 @@ length, decoding and output stay the task's own code for every backend.
 * ``int8``: torch dynamic quantization (int8 weights, float activations) of the LSTM/GRU and
   linear layers, applied when the run is loaded from its float weights: nothing extra is
   stored, so an int8 model reloads from the ordinary run directory without pickle.
+* ``bf16``: the torch model with its matrix products in bfloat16 (float32 accumulation,
+  states and scores float32), on devices that compute bfloat16 natively (CUDA, or a CPU with
+  AVX512-BF16 or AMX; elsewhere it would be emulated and slower, so it is refused). Nothing
+  extra is stored either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nlpseq import native
 from nlpseq.errors import NlpseqError
 from nlpseq.models.charlm import CharLM
 from nlpseq.models.encoder import RecurrentEncoder, length_mask, reverse_padded
 from nlpseq.models.seq2seq import DecoderState, Seq2Seq
 
-BACKENDS = ("torch", "onnx", "int8")
+BACKENDS = ("torch", "onnx", "int8", "bf16")
 #: the tasks whose models the onnx and int8 backends run
 TASKS = ("sentiment", "ner", "chargen", "translate")
 
@@ -43,6 +49,10 @@ def apply_backend(task: Any, backend: str, run_dir: Path, weights: Path) -> Any:
     if task.name not in TASKS:
         raise NlpseqError(f"the {backend} backend runs {', '.join(TASKS)} runs, not a "
                           f"{task.name} run")
+    if backend == "bf16":
+        task.model = to_bf16(task.model, task.device.type)
+        task.model.eval()
+        return task
     if task.device.type != "cpu":
         raise NlpseqError(f"the {backend} backend runs on the CPU: use --device cpu")
     if backend == "int8":
@@ -54,6 +64,35 @@ def apply_backend(task: Any, backend: str, run_dir: Path, weights: Path) -> Any:
         task.model = ONNX_ADAPTERS[type(task.model).__name__](task.model, folder)
     task.model.eval()
     return task
+
+
+# --- bf16 ------------------------------------------------------------------------------------
+def to_bf16(model: nn.Module, device_type: str) -> nn.Module:
+    """``model`` computing its matrix products in bfloat16 on ``device_type``: the methods the
+    tasks call for scores run under bfloat16 autocast and hand back float32."""
+    if not native.bf16_native(device_type):
+        raise NlpseqError(
+            "the bf16 backend needs a device that computes bfloat16 natively (CUDA, or a CPU "
+            "with AVX512-BF16 or AMX); this CPU would emulate it, slower than float32")
+    if isinstance(model, CharLM):
+        model.bf16 = True  # its forward autocasts; its decoding step packs bfloat16 weights
+    elif isinstance(model, Seq2Seq):
+        model._autocast = functools.partial(torch.autocast, device_type, dtype=torch.bfloat16)
+    else:  # the classifier's logits, the tagger's emissions (its CRF runs in float32)
+        for name in ("logits", "emissions"):
+            if hasattr(model, name):
+                setattr(model, name, _autocast_float32(getattr(model, name), device_type))
+    return model
+
+
+def _autocast_float32(method: Any, device_type: str) -> Any:
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            out = method(*args, **kwargs)
+        return out.float() if isinstance(out, Tensor) else out
+
+    return run
 
 
 # --- int8 ------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from nlpseq.config import POOLINGS
 from nlpseq.errors import NlpseqError
 
 #: the inference backends of nlpseq.backends (listed here so the CLI starts without torch)
-BACKENDS = ("torch", "onnx", "int8")
+BACKENDS = ("torch", "onnx", "int8", "bf16")
 _backend_option = click.option(
     "--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-    help="torch, onnx (ONNX Runtime on RUN_DIR/onnx, exported on first use) or int8 "
-         "(dynamic quantization); onnx and int8 run on the CPU.")
+    help="torch, onnx (ONNX Runtime on RUN_DIR/onnx, exported on first use), int8 (dynamic "
+         "quantization) or bf16 (bfloat16 products, where the device computes them "
+         "natively); onnx and int8 run on the CPU.")
 
 
 class _Group(click.Group):

@@ -1,4 +1,4 @@
-"""ONNX export and the onnx / int8 backends: the same outputs as the torch model.
+"""ONNX export and the onnx / int8 / bf16 backends: the same outputs as the torch model.
 
 Tiny runs of each task are trained once per module; equivalence does not depend on how well
 a model is trained, only on the graphs computing what the torch model computes.
@@ -261,7 +261,57 @@ def test_ner_reads_long_conll_input_in_blocks_and_keeps_every_sentence(runs):
 
 
 def test_unknown_backends_are_refused(runs):
-    with pytest.raises(NlpseqError, match="expected one of torch, onnx, int8"):
+    with pytest.raises(NlpseqError, match="expected one of torch, onnx, int8, bf16"):
         nlpseq.load(runs["sentiment"], backend="tensorrt")
     result = invoke("predict", runs["sentiment"], "--backend", "fast")
     assert result.exit_code == 2 and "fast" in result.output
+
+
+def test_cli_offers_every_backend():
+    from nlpseq import backends, cli
+
+    assert cli.BACKENDS == backends.BACKENDS
+
+
+@pytest.mark.parametrize("task", ["sentiment", "sentiment-long", "ner", "chargen", "translate"])
+def test_bf16_gives_the_torch_results_to_bfloat16_precision(runs, task, monkeypatch):
+    """The bf16 backend's scores are float32 and within bfloat16 rounding of torch's, its
+    labels and tags the same on these runs; it writes nothing into the run directory."""
+    from nlpseq import native
+
+    monkeypatch.setattr(native, "bf16_native", lambda _device: True)
+    before = sorted(p.relative_to(runs[task]) for p in runs[task].rglob("*"))
+    plain, fast = nlpseq.load(runs[task]), nlpseq.load(runs[task], backend="bf16")
+    if task.startswith("sentiment"):
+        want, got = plain.predict(TEXTS), fast.predict(TEXTS)
+        assert [r["label"] for r in got] == [r["label"] for r in want]
+        for g, w in zip(got, want):
+            for name, p in w["probabilities"].items():
+                assert isinstance(g["probabilities"][name], float)
+                assert g["probabilities"][name] == pytest.approx(p, abs=2e-2)
+        probe = torch.tensor([[4, 5, 6]]), torch.tensor([3])
+        with torch.no_grad():
+            assert fast.model.logits(*probe).dtype == torch.float32
+            assert not torch.equal(fast.model.logits(*probe), plain.model.logits(*probe))
+    elif task == "ner":
+        sentence = [["Anna", "visited", "Oslo", "."], ["Rain", "fell", "in", "Lisbon", "."]]
+        assert fast.predict(sentence) == plain.predict(sentence)
+    elif task == "chargen":
+        assert fast.model.bf16
+        want = plain.predict(["row to the light,"])[0]["loss"]
+        assert fast.predict(["row to the light,"])[0]["loss"] == pytest.approx(want, abs=2e-2)
+        assert len(fast.generate("the ", 20, temperature=0)) == 24
+    else:
+        sources = [s for s, _ in PAIRS]
+        assert fast.translate(sources, beam=2) == plain.translate(sources, beam=2)
+    assert sorted(p.relative_to(runs[task]) for p in runs[task].rglob("*")) == before
+
+
+def test_bf16_is_refused_where_it_would_be_emulated(runs, monkeypatch):
+    from nlpseq import native
+
+    monkeypatch.setattr(native, "bf16_native", lambda _device: False)
+    with pytest.raises(NlpseqError, match="bf16 backend needs a device that computes"):
+        nlpseq.load(runs["sentiment"], backend="bf16")
+    result = invoke("predict", runs["sentiment"], "--backend", "bf16")
+    assert result.exit_code == 1 and "bfloat16 natively" in result.output
