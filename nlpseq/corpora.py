@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import socket
 import sys
@@ -18,9 +19,12 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nlpseq.errors import NlpseqError
+
+#: rows (labelled files) or lines (CoNLL) that the streaming readers parse at a time
+BLOCK = 10_000
 
 
 def _check_file(path: str | Path) -> Path:
@@ -202,20 +206,61 @@ def read_labelled(
     TSV has no quoting (one line is one row); CSV quotes as Excel does (a quoted field may span
     lines); JSONL holds one object a line. Blank lines are skipped, values kept as written.
     """
+    texts: list[str] = []
+    labels: list[str | None] = []
+    lines: list[int] = []
+    for part in iter_labelled(path, fmt, text_column, label_column,
+                              require_labels=require_labels):
+        texts += part.texts
+        labels += part.labels
+        lines += part.lines
+    return LabelledData(texts, labels, lines, str(_check_file(path)))
+
+
+def iter_labelled(
+    path: str | Path,
+    fmt: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    require_labels: bool = True,
+    chunk_rows: int | None = None,
+) -> Iterator[LabelledData]:
+    """:func:`read_labelled` in parts of at most ``chunk_rows`` (default :data:`BLOCK`) rows, each read when it is asked
+    for, so memory stays bounded on a file of any length. The checks and errors are
+    read_labelled's, raised when the reading reaches them (a JSONL file's columns are those
+    of the rows read so far)."""
     path = _check_file(path)
     if fmt not in ("tsv", "csv", "jsonl"):
         raise NlpseqError(f"format {fmt!r} is not a labelled-text format", path)
+    wanted = [text_column] + ([label_column] if require_labels else [])
+    header: dict[str, Any] = {}  # the row readers fill in "columns" and "line"
+    found = False
     with _RawBytes(path) as handle:
         lines = _decode_lines(handle, path, keep_ends=fmt == "csv")
-        columns, header_line, rows = (
-            _json_rows(lines, path) if fmt == "jsonl" else _delimited_rows(lines, fmt, path)
-        )
-    if header_line is None:
+        rows = (_json_rows(lines, path, header) if fmt == "jsonl"
+                else _delimited_rows(lines, fmt, path, header))
+        while chunk := list(itertools.islice(rows, chunk_rows or BLOCK)):
+            if not found:
+                _check_columns(header, wanted, path)
+                found = True
+            yield _labelled(chunk, text_column, label_column, require_labels, path)
+    if "line" not in header:
         raise NlpseqError("data file is empty", path)
-    for column in [text_column] + ([label_column] if require_labels else []):
-        if column not in columns:
-            raise NlpseqError(f"no column {column!r} (columns: {', '.join(columns)})", path,
-                              header_line)
+    _check_columns(header, wanted, path)
+    if not found:
+        raise NlpseqError("data file has no rows", path)
+
+
+def _check_columns(header: dict[str, Any], wanted: list[str], path: Path) -> None:
+    for column in wanted:
+        if column not in header.get("columns", ()):
+            raise NlpseqError(f"no column {column!r} (columns: {', '.join(header['columns'])})",
+                              path, header["line"])
+
+
+def _labelled(rows: Rows, text_column: str, label_column: str, require_labels: bool,
+              path: Path) -> LabelledData:
     texts: list[str] = []
     labels: list[str | None] = []
     for line, row in rows:
@@ -227,8 +272,6 @@ def read_labelled(
             raise NlpseqError(f"row has no value in column {label_column!r}", path, line)
         texts.append(text)
         labels.append(label)
-    if not texts:
-        raise NlpseqError("data file has no rows", path)
     return LabelledData(texts, labels, [line for line, _ in rows], str(path))
 
 
@@ -242,11 +285,12 @@ Rows = list[tuple[int, dict]]
 
 
 def _json_rows(
-    lines: Iterator[tuple[int, str]], path: Path
-) -> tuple[list[str], int | None, Rows]:
-    """JSONL lines -> (keys in order of first appearance, first row's line, numbered rows)."""
+    lines: Iterator[tuple[int, str]], path: Path, header: dict[str, Any]
+) -> Iterator[tuple[int, dict]]:
+    """JSONL lines -> numbered rows; ``header`` gets the keys in order of first appearance
+    ("columns") and the first row's line ("line")."""
     columns: dict[str, None] = {}
-    rows: Rows = []
+    header["columns"] = []
     for number, line in lines:
         if not line.strip():
             continue
@@ -257,32 +301,32 @@ def _json_rows(
                               number) from None
         if not isinstance(row, dict):
             raise NlpseqError("line is not a JSON object", path, number)
-        columns.update(dict.fromkeys(row))
-        rows.append((number, row))
-    return list(columns), rows[0][0] if rows else None, rows
+        if any(key not in columns for key in row):
+            columns.update(dict.fromkeys(row))
+            header["columns"] = list(columns)
+        header.setdefault("line", number)
+        yield number, row
 
 
 def _delimited_rows(
-    lines: Iterator[tuple[int, str]], fmt: str, path: Path
-) -> tuple[list[str], int | None, Rows]:
-    """TSV/CSV lines -> (header, its line, numbered rows as header -> field). A row whose field
-    count differs from the header's is an error here, before it could shift a text into the
-    label column."""
-    header: list[str] | None = None
-    header_line = None
-    rows: Rows = []
+    lines: Iterator[tuple[int, str]], fmt: str, path: Path, header: dict[str, Any]
+) -> Iterator[tuple[int, dict]]:
+    """TSV/CSV lines -> numbered rows as header -> field; ``header`` gets the header
+    ("columns") and its line ("line"). A row whose field count differs from the header's is
+    an error here, before it could shift a text into the label column."""
+    names: list[str] | None = None
     for start, fields in _split_rows(lines, fmt, path):
-        if header is None:
+        if names is None:
             if "".join(fields).strip():  # a file of blank lines is empty, not headed by one
-                header, header_line = [name.strip() for name in fields], start
-        elif len(fields) != len(header):
+                names = [name.strip() for name in fields]
+                header.update(columns=names, line=start)
+        elif len(fields) != len(names):
             raise NlpseqError(
-                f"row has {len(fields)} {fmt.upper()} fields, the header has {len(header)}",
+                f"row has {len(fields)} {fmt.upper()} fields, the header has {len(names)}",
                 path, start,
             )
         else:
-            rows.append((start, dict(zip(header, fields))))
-    return header or [], header_line, rows
+            yield start, dict(zip(names, fields))
 
 
 def _is_quoted(field: str) -> bool:
@@ -477,6 +521,36 @@ def parse_conll(
     if not tokens:
         raise NlpseqError("no sentences in the CoNLL data", path)
     return TaggedData(tokens, tags if column is not None else None, starts, str(path))
+
+
+def iter_conll(
+    lines: Iterable[tuple[int, str]],
+    path: str | Path,
+    tag_column: int = -1,
+    scheme: str | None = None,
+    *,
+    require_tags: bool = True,
+    block_lines: int | None = None,
+) -> Iterator[TaggedData]:
+    """:func:`parse_conll` a block of at least ``block_lines`` (default :data:`BLOCK`) lines
+    at a time (a block ends at a blank line, between sentences), each parsed when it is asked
+    for, so memory stays bounded on input of any length. Column counts are checked within
+    each block; input with no sentence at all is the "no sentences" error."""
+    block: list[tuple[int, str]] = []
+    found = False
+    for number, line in lines:
+        block.append((number, line))
+        if len(block) >= (block_lines or BLOCK) and not line.strip():
+            if _has_tokens(block):
+                yield parse_conll(block, path, tag_column, scheme, require_tags=require_tags)
+                found = True
+            block = []
+    if not found or _has_tokens(block):
+        yield parse_conll(block, path, tag_column, scheme, require_tags=require_tags)
+
+
+def _has_tokens(block: list[tuple[int, str]]) -> bool:
+    return any(line.split()[:1] not in ([], ["-DOCSTART-"]) for _, line in block)
 
 
 def read_conll(

@@ -295,3 +295,40 @@ def test_values_are_kept_as_written(tmp_path):
 ])
 def test_looks_like_conll(head, expected):
     assert looks_like_conll(head, -1, "IOB1") is expected
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_labelled_files_are_read_a_part_at_a_time(tmp_path, fmt, monkeypatch):
+    """The first part comes before the rest is read: an error on the last line is raised
+    only when the reading reaches it, with its line."""
+    from nlpseq import corpora
+
+    rows = [(f"text {i}", "pos" if i % 2 else "neg") for i in range(10)]
+    if fmt == "jsonl":
+        lines = [json.dumps({"text": t, "label": lab}) for t, lab in rows] + ["{oops"]
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        lines = [f"text{sep}label"] + [f"{t}{sep}{lab}" for t, lab in rows] + [f"x{sep}y{sep}z"]
+    path = tmp_path / f"data.{fmt}"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(corpora, "BLOCK", 4)
+    parts = corpora.iter_labelled(path, fmt)
+    first = next(parts)
+    assert first.texts == [t for t, _ in rows[:4]] and first.labels == [b for _, b in rows[:4]]
+    assert first.lines == ([1, 2, 3, 4] if fmt == "jsonl" else [2, 3, 4, 5])
+    assert next(parts).texts == [t for t, _ in rows[4:8]]
+    with pytest.raises(NlpseqError) as err:  # the part that would hold the last two rows
+        next(parts)
+    assert err.value.line == len(lines)
+
+
+def test_conll_is_parsed_a_block_at_a_time(tmp_path, monkeypatch):
+    from nlpseq import corpora
+
+    lines = list(enumerate(["-DOCSTART- O", "", "a O", "b B-X", "", "", "", "c O", "",
+                            "-DOCSTART- O", "", ""], 1))
+    blocks = list(corpora.iter_conll(lines, "in.conll", block_lines=2))
+    assert [b.tokens for b in blocks] == [[["a", "b"]], [["c"]]]
+    assert [b.lines for b in blocks] == [[3], [8]]
+    with pytest.raises(NlpseqError, match="no sentences"):
+        list(corpora.iter_conll(lines[:2], "in.conll", block_lines=1))

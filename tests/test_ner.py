@@ -290,3 +290,17 @@ def test_demo_pipeline_trains_and_serves(tmp_path, monkeypatch):
     dev = read_conll(root / "corpora/ner/dev.txt")
     blocks = result.stdout.rstrip("\n").split("\n\n")
     assert [[line.split("\t")[0] for line in b.splitlines()] for b in blocks] == dev.tokens
+
+
+def test_cli_evaluate_reads_in_blocks_with_the_same_figures(ner_run, tmp_path, monkeypatch):
+    """Two files tagged a block of a few lines at a time: the span counts of both, summed."""
+    from nlpseq import corpora
+
+    second = tmp_path / "second.conll"
+    second.write_text(conll_text(SENTENCES[:2]), encoding="utf-8")
+    whole = invoke("evaluate", ner_run.run_dir, ner_run.corpus, second, "--json")
+    monkeypatch.setattr(corpora, "BLOCK", 4)
+    parts = invoke("evaluate", ner_run.run_dir, ner_run.corpus, second, "--json")
+    assert whole.exit_code == parts.exit_code == 0, whole.output + parts.output
+    assert json.loads(parts.stdout) == json.loads(whole.stdout)
+    assert json.loads(whole.stdout)["n_sentences"] == len(SENTENCES) + 2

@@ -195,3 +195,15 @@ def test_label_names():
         label_names("2: other", ["0", "1"], "p.yaml")
     with pytest.raises(NlpseqError, match="is not 'label: name'"):
         label_names("0 negative", ["0", "1"], "p.yaml")
+
+
+def test_evaluate_files_reads_in_parts_with_the_same_figures(trained_run, monkeypatch):
+    """Scored a few rows at a time, a file gives the figures it gives read whole."""
+    from nlpseq import corpora
+
+    predictor = nlpseq.load(trained_run.run_dir)
+    whole = predictor.evaluate_files([str(trained_run.corpus["dev"])])
+    monkeypatch.setattr(corpora, "BLOCK", 3)
+    parts = predictor.evaluate_files([str(trained_run.corpus["dev"])])
+    assert parts.pop("loss") == pytest.approx(whole.pop("loss"), rel=1e-6)
+    assert parts == whole

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch import nn
 from nlpseq.batching import TokenStore, bucket_batches
 from nlpseq.checkpoint import save_objects
 from nlpseq.config import TokenizerConfig
-from nlpseq.corpora import TaggedData, looks_like_conll, parse_conll, read_conll
+from nlpseq.corpora import TaggedData, iter_conll, looks_like_conll, read_conll, read_lines
 from nlpseq.embeddings import (
     extend_vocabulary,
     initial_vectors,
@@ -263,30 +263,40 @@ class NerTask(Task):
                 out[index] = convert_tags(tags, self.train_scheme, self.data_scheme)
         return out
 
-    def _scores(self, model: nn.Module, data: TaggedData, table: TokenTable) -> dict[str, Any]:
-        predicted = self._decode(model, table)
-        metric = SpanF1()
-        for gold, guess in zip(data.tags, predicted):
-            metric.add(gold, guess, self.data_scheme)
+    def _scores(self, model: nn.Module, parts: Iterable[tuple[TaggedData, TokenTable]]
+                ) -> dict[str, Any]:
+        """Entity F1 from span counts summed over ``parts`` of (gold data, its table)."""
+        metric, sentences = SpanF1(), 0
+        for data, table in parts:
+            predicted = self._decode(model, table)
+            for gold, guess in zip(data.tags, predicted):
+                metric.add(gold, guess, self.data_scheme)
+            sentences += len(predicted)
         result = metric.result()
-        result["n_sentences"] = len(predicted)
+        result["n_sentences"] = sentences
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         self.require_dev(self.dev_table is not None)
-        return self._scores(model, self.dev_data, self.dev_table)
+        return self._scores(model, [(self.dev_data, self.dev_table)])
 
     def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+        """Entity F1 over CoNLL files, read and tagged a block of sentences at a time, so
+        memory stays bounded however long the files are."""
         if not paths:
             raise NlpseqError("give at least one CoNLL file to evaluate")
-        files = [self._read(p) for p in paths]
-        for file in files:  # before merging, so that an error names its file and line
-            self._check_gold_types(file)
-        data = TaggedData(
-            [s for f in files for s in f.tokens], [t for f in files for t in f.tags],
-            [n for f in files for n in f.lines], ", ".join(f.path for f in files),
-        )
-        return self._scores(self.model, data, self._table(data, with_tags=False))
+        data = self.config.data
+        if data.format != "conll":
+            self._read(paths[0])  # its error names the format
+
+        def parts() -> Iterator[tuple[TaggedData, TokenTable]]:
+            for path in paths:
+                for part in iter_conll(read_lines(path), path, data.tag_column,
+                                       self.data_scheme):
+                    self._check_gold_types(part)
+                    yield part, self._table(part, with_tags=False)
+
+        return self._scores(self.model, parts())
 
     # --- prediction --------------------------------------------------------------------------
     def predict(
@@ -338,22 +348,11 @@ class NerTask(Task):
 
     def _conll_sentences(self, numbered: Iterator[tuple[int, str]]
                          ) -> Iterator[tuple[list[str], str]]:
-        """CoNLL input parsed a block of lines at a time, so memory stays bounded on endless
-        input. Column counts are checked as in training data (within each block); tags, if
-        present, are ignored."""
-        block: list[tuple[int, str]] = []
-        parsed = False
-        for number, line in numbered:
-            block.append((number, line))
-            if len(block) >= 10000 and not line.strip():  # a block ends between sentences
-                yield from self._parse_block(block)
-                block, parsed = [], True
-        if not parsed or any(line.strip() for _, line in block):  # no input: an error
-            yield from self._parse_block(block)
-
-    def _parse_block(self, block: list[tuple[int, str]]) -> Iterator[tuple[list[str], str]]:
-        data = parse_conll(block, "input", self.config.data.tag_column, require_tags=False)
-        return ((tokens, self.data_scheme) for tokens in data.tokens)
+        """CoNLL input parsed a block of lines at a time (:func:`iter_conll`), so memory
+        stays bounded on endless input; tags, if present, are ignored."""
+        for part in iter_conll(numbered, "input", self.config.data.tag_column,
+                               require_tags=False):
+            yield from ((tokens, self.data_scheme) for tokens in part.tokens)
 
     def predict_records(self, items: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
         """Tokens, tags in the item's scheme and entity spans (token offsets, end exclusive)."""

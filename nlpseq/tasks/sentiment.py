@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from nlpseq.batching import TextBatch, TokenStore, bucket_batches
 from nlpseq.checkpoint import save_objects
-from nlpseq.corpora import LabelledData, load_hub, read_labelled
+from nlpseq.corpora import LabelledData, iter_labelled, load_hub, read_labelled
 from nlpseq.embeddings import (
     extend_vocabulary,
     initial_vectors,
@@ -163,24 +164,37 @@ class SentimentTask(Task):
             out[batch] = model.logits(b.ids, b.lengths).float().softmax(-1).cpu()
         return out
 
-    def _scores(self, model: nn.Module, ids: list[list[int]], gold: list[int]) -> dict[str, Any]:
-        probs = self._probabilities(model, ids)
+    def _scores(self, model: nn.Module, parts: Iterable[tuple[list[list[int]], list[int]]]
+                ) -> dict[str, Any]:
+        """Metrics over ``parts`` of (ids, gold labels), from counts and a loss summed over
+        every part."""
         counts = ClassificationCounts(self.names)
-        counts.add(gold, probs.argmax(-1).tolist())
+        loss_sum, n = 0.0, 0
+        for ids, gold in parts:
+            probs = self._probabilities(model, ids)
+            counts.add(gold, probs.argmax(-1).tolist())
+            picked = probs[torch.arange(len(gold)), torch.tensor(gold)].clamp_min(1e-12)
+            loss_sum, n = loss_sum - float(picked.log().double().sum()), n + len(gold)
         result = counts.result()
-        picked = probs[torch.arange(len(gold)), torch.tensor(gold)].clamp_min(1e-12)
-        result["loss"] = float(-picked.log().mean()) if gold else float("nan")
+        result["loss"] = loss_sum / n if n else float("nan")
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         self.require_dev(bool(self.dev_ids))
-        return self._scores(model, self.dev_ids, self.dev_labels)
+        return self._scores(model, [(self.dev_ids, self.dev_labels)])
 
     def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+        """Metrics on one labelled file, read and scored a part at a time (memory stays
+        bounded however long the file is)."""
         if len(paths) != 1:
             raise NlpseqError("sentiment evaluation takes one data file")
-        ids, gold = self._encode(self._read(paths[0], self.config.data.dev_split))
-        return self._scores(self.model, ids, gold)
+        data = self.config.data
+        if data.format == "hub":
+            parts: Iterable[LabelledData] = [self._read(paths[0], data.dev_split)]
+        else:
+            parts = iter_labelled(paths[0], file_format(paths[0], data.format),
+                                  data.text_column, data.label_column)
+        return self._scores(self.model, (self._encode(part) for part in parts))
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Label and class probabilities for each text."""
