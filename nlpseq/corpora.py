@@ -226,10 +226,10 @@ def iter_labelled(
     require_labels: bool = True,
     chunk_rows: int | None = None,
 ) -> Iterator[LabelledData]:
-    """:func:`read_labelled` in parts of at most ``chunk_rows`` (default :data:`BLOCK`) rows, each read when it is asked
-    for, so memory stays bounded on a file of any length. The checks and errors are
-    read_labelled's, raised when the reading reaches them (a JSONL file's columns are those
-    of the rows read so far)."""
+    """:func:`read_labelled` in parts of at most ``chunk_rows`` (default :data:`BLOCK`) rows,
+    each read when it is asked for, so memory stays bounded on a file of any length. The
+    checks and errors are read_labelled's, raised when the reading reaches them (a JSONL
+    file's columns are those of the rows read so far)."""
     path = _check_file(path)
     if fmt not in ("tsv", "csv", "jsonl"):
         raise NlpseqError(f"format {fmt!r} is not a labelled-text format", path)

@@ -191,27 +191,29 @@ class CharLM(nn.Module):
     def step(self, tokens: Tensor, state: HiddenState | None) -> tuple[Tensor, HiddenState]:
         """One decoding step: tokens (B,) long -> (logits (B, V), new state).
 
-        Runs the layers' cells directly (torch.lstm_cell / gru_cell on the nn.LSTM/GRU weights):
-        on CPU a one-step nn.LSTM call costs far more than the arithmetic (oneDNN setup).
-        Meant for evaluation mode (dropout, if training, is not locked here).
+        Runs the layers' cells directly (nlpseq's one-step kernel, else torch.lstm_cell /
+        gru_cell on the nn.LSTM/GRU weights): on CPU a one-step nn.LSTM call costs far more
+        than the arithmetic (oneDNN setup). Sampling calls this once per character, so it
+        skips what does nothing in evaluation mode (dropout, if training, is not locked here).
         """
         if state is None:
             state = self.init_state(tokens.size(0), tokens.device)
-        x = self.embedding(tokens)  # (B, E)
+        x = F.embedding(tokens, self.embedding.weight)  # (B, E)
         hidden = state[0] if isinstance(state, tuple) else state  # (layers, B, H)
+        fast = isinstance(state, tuple) and self._native_step(self.rnns[0], x)
         new_hidden, new_cells = [], []
         for i, rnn in enumerate(self.rnns):
             weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            if isinstance(state, tuple):
-                if self._native_step(rnn, x):
-                    h, c = native.lstm_step(x, hidden[i], state[1][i], *self._packed(i, weights))
-                else:
-                    h, c = torch.lstm_cell(x, (hidden[i], state[1][i]), *weights)
+            if fast:
+                h, c = native.lstm_step(x, hidden[i], state[1][i], *self._packed(i, weights))
+                new_cells.append(c)
+            elif isinstance(state, tuple):
+                h, c = torch.lstm_cell(x, (hidden[i], state[1][i]), *weights)
                 new_cells.append(c)
             else:
                 h = torch.gru_cell(x, hidden[i], *weights)
             new_hidden.append(h)
-            x = F.dropout(h, self.dropout, self.training)  # (B, H)
+            x = F.dropout(h, self.dropout, True) if self.training else h  # (B, H)
         if self.projection is not None:
             x = self.projection(x)
         new_state = torch.stack(new_hidden)  # (layers, B, H)
@@ -230,7 +232,7 @@ class CharLM(nn.Module):
         packed once and again only after the weights change: bfloat16 where the model
         computes in bfloat16 (it halves what each step reads), else float32."""
         bf16 = self.bf16 and native.bf16_native("cpu")
-        key = (bf16, *((w.data_ptr(), w._version) for w in weights))
+        key = (bf16, [w.data_ptr() for w in weights], [w._version for w in weights])
         cache = self.__dict__.setdefault("_packed_steps", {})
         if cache.get(layer, (None,))[0] != key:
             w_ih, w_hh, b_ih, b_hh = (w.detach() for w in weights)
