@@ -8,15 +8,17 @@
 #
 # RUNS_DIR holds trained runs named sst2, conll, shakespeare and multi30k (any training
 # budget: it fixes their size); OUT_DIR (default: a temporary folder) receives the inputs.
-set -euo pipefail
+set -eu
 runs=${1:?usage: inference_figures.sh RUNS_DIR [OUT_DIR]}
 out=${2:-$(mktemp -d)}
 corpora=${NLPSEQ_CORPORA:?set NLPSEQ_CORPORA}
-seconds=${SECONDS_PER_BENCH:-25}
+seconds=${SECONDS_PER_BENCH:-25}  # per throughput figure, all its backends together
+lines_cap=${INPUT_LINES:-100000000}  # a quick try: INPUT_LINES=50 SECONDS_PER_BENCH=2 ...
 mkdir -p "$out"
 
-cut -f2 "$corpora/sentiment/sst2/glue_dev.tsv" | tail -n +2 > "$out/sst2_dev.txt"
-zcat "$corpora/translation/multi30k/val.en.gz" > "$out/val.en"
+cut -f2 "$corpora/sentiment/sst2/glue_dev.tsv" | tail -n +2 | head -n "$lines_cap" \
+  > "$out/sst2_dev.txt"
+zcat "$corpora/translation/multi30k/val.en.gz" | head -n "$lines_cap" > "$out/val.en"
 conll_dev="$corpora/ner/conll2003/dev.txt"
 backends="--backend torch --backend onnx --backend int8 --backend bf16"
 
@@ -29,7 +31,7 @@ nlpseq bench --run "$runs/multi30k" --input "$out/val.en" --beam 5 --backend tor
 
 for backend in torch bf16 onnx; do
   python scripts/load_test.py --run "$runs/sst2" --backend "$backend" --threads 1 \
-    --input "$out/sst2_dev.txt" --requests 20000 --time-limit 15 --json
+    --input "$out/sst2_dev.txt" --requests 20000 --time-limit "$((seconds * 6 / 10))" --json
 done
 
 repeat() {  # the lines of file $1 (after $3 header lines, written once) cycled to $2 lines
@@ -40,7 +42,7 @@ print("\n".join(head + list(itertools.islice(itertools.cycle(body), int(sys.argv
 }
 
 # Peak memory: the same lines repeated to 10,000 and to 1,000,000.
-for lines in 10000 1000000; do
+for lines in ${MEMORY_LINES:-10000 1000000}; do
   repeat "$corpora/sentiment/sst2/glue_dev.tsv" "$lines" 1 > "$out/sst2_$lines.tsv"
   cut -f2 "$out/sst2_$lines.tsv" | tail -n +2 > "$out/sst2_$lines.txt"
   repeat "$conll_dev" "$lines" 0 > "$out/conll_$lines.txt"
