@@ -138,3 +138,26 @@ def test_search_runs_on_the_model():
         beam = beam_search(model.step, model.reorder_state, state, bos, EOS, limits, beam_size=1)
     assert [g.tokens for g in greedy] == [b[0].tokens for b in beam]
     assert all(len(g.tokens) <= 6 for g in greedy)
+
+
+def test_reordering_within_sentences_keeps_what_they_share():
+    """A beam step moves rows within their sentence: memory, keys and mask stay the same
+    tensors. Expanding to beams or dropping a sentence selects them, as in a plain copy."""
+    model = make_model(cell="lstm")
+    batch = make_batch(SOURCES, TARGETS)
+    with torch.no_grad():
+        state = model.encode(batch.source, batch.source_lengths)
+    beams = model.reorder_state(state, torch.arange(4).repeat_interleave(3))  # (12 rows)
+    assert beams.memory.size(0) == 12 and torch.equal(beams.memory[3], state.memory[1])
+    assert beams.source.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    within = torch.tensor([2, 0, 0, 3, 5, 4, 6, 6, 7, 11, 9, 9])
+    step = model.reorder_state(beams, within)
+    assert step.memory is beams.memory and step.keys is beams.keys and step.mask is beams.mask
+    assert torch.equal(step.hidden, beams.hidden[:, within])
+    assert torch.equal(step.cell, beams.cell[:, within])
+    for row, source_row in enumerate(within.tolist()):  # the same content a copy would have
+        assert torch.equal(step.memory[row], beams.memory[source_row])
+    dropped = model.reorder_state(step, torch.tensor([0, 1, 2, 9, 10, 11]))
+    assert dropped.source.tolist() == [0, 0, 0, 3, 3, 3]
+    assert torch.equal(dropped.memory[4], state.memory[3])
+    assert torch.equal(dropped.mask[1], state.mask[0])

@@ -87,6 +87,9 @@ class DecoderState(NamedTuple):
     memory: Tensor  # (N, S, H) encoder states
     keys: Tensor  # (N, S, K) memory projected for the score function
     mask: Tensor  # (N, S) bool, True at real source tokens
+    #: (N,) the sentence each row decodes (None: row i decodes sentence i); rows of one
+    #: sentence share memory, keys and mask
+    source: Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -287,13 +290,20 @@ class Seq2Seq(nn.Module):
 
     @staticmethod
     def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
-        """Select (and repeat) rows of a state: index (M,) -> a state with M rows."""
+        """Select (and repeat) rows of a state: index (M,) -> a state with M rows. Where
+        every row keeps its sentence (a beam search step), memory, keys and mask stay as
+        they are: the same rows again."""
+        hidden = state.hidden.index_select(1, index)
+        cell = state.cell.index_select(1, index) if state.cell is not None else None
+        source = state.source
+        if source is None:
+            source = torch.arange(state.memory.size(0), device=index.device)
+        moved = source.index_select(0, index)
+        if moved.size(0) == source.size(0) and torch.equal(moved, source):
+            return state._replace(hidden=hidden, cell=cell, source=moved)
         return DecoderState(
-            state.hidden.index_select(1, index),
-            state.cell.index_select(1, index) if state.cell is not None else None,
-            state.memory.index_select(0, index),
-            state.keys.index_select(0, index),
-            state.mask.index_select(0, index),
+            hidden, cell, state.memory.index_select(0, index), state.keys.index_select(0, index),
+            state.mask.index_select(0, index), moved,
         )
 
     def attention_weights(self, source: Tensor, lengths: Tensor, target: Tensor) -> Tensor:
