@@ -22,8 +22,9 @@ def load(run_dir: str | Path, device: str = "cpu", backend: str = "torch") -> Ta
     """Load a trained run directory; the returned task object predicts with its model.
 
     ``backend``: ``torch`` (the model as trained), ``onnx`` (ONNX Runtime on the graphs in
-    ``RUN_DIR/onnx/``, exported on first use) or ``int8`` (dynamically quantized at load
-    time); the last two run on the CPU (see :mod:`nlpseq.backends`).
+    ``RUN_DIR/onnx/``, exported on first use), ``int8`` (dynamically quantized at load time;
+    these two run on the CPU) or ``bf16`` (bfloat16 matrix products, where the device
+    computes them natively); see :mod:`nlpseq.backends`.
     """
     from nlpseq.backends import apply_backend
     from nlpseq.checkpoint import WEIGHTS, RunDir
