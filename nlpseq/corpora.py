@@ -206,15 +206,14 @@ def read_labelled(
     TSV has no quoting (one line is one row); CSV quotes as Excel does (a quoted field may span
     lines); JSONL holds one object a line. Blank lines are skipped, values kept as written.
     """
-    texts: list[str] = []
-    labels: list[str | None] = []
-    lines: list[int] = []
+    whole = LabelledData([], [], [], str(path))
     for part in iter_labelled(path, fmt, text_column, label_column,
                               require_labels=require_labels):
-        texts += part.texts
-        labels += part.labels
-        lines += part.lines
-    return LabelledData(texts, labels, lines, str(_check_file(path)))
+        whole.texts += part.texts
+        whole.labels += part.labels
+        whole.lines += part.lines
+        whole.path = part.path  # as the reader names it
+    return whole
 
 
 def iter_labelled(

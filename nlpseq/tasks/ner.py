@@ -118,11 +118,14 @@ class NerTask(Task):
     def train_scheme(self) -> str:
         return self.config.model.train_scheme.upper()
 
-    def _read(self, path: str, require_tags: bool = True) -> TaggedData:
-        data = self.config.data
-        if data.format != "conll":
+    def _require_conll(self) -> None:
+        if self.config.data.format != "conll":
             raise NlpseqError(f"the ner task reads CoNLL files (data.format: conll), not "
-                              f"{data.format!r}", self.config.source)
+                              f"{self.config.data.format!r}", self.config.source)
+
+    def _read(self, path: str, require_tags: bool = True) -> TaggedData:
+        self._require_conll()
+        data = self.config.data
         return read_conll(path, data.tag_column, self.data_scheme, require_tags=require_tags)
 
     def _check_gold_types(self, data: TaggedData) -> None:
@@ -285,9 +288,8 @@ class NerTask(Task):
         memory stays bounded however long the files are."""
         if not paths:
             raise NlpseqError("give at least one CoNLL file to evaluate")
+        self._require_conll()
         data = self.config.data
-        if data.format != "conll":
-            self._read(paths[0])  # its error names the format
 
         def parts() -> Iterator[tuple[TaggedData, TokenTable]]:
             for path in paths:
