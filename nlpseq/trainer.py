@@ -30,7 +30,7 @@ from nlpseq.config import PipelineConfig, TrainConfig, save_config
 from nlpseq.cpuload import OtherLoad, contention_warning, usable_cores
 from nlpseq.errors import NlpseqError
 from nlpseq.optim import Adam, clip_grads_
-from nlpseq.runtime import log_stderr, resolve_device, seed_everything
+from nlpseq.runtime import keep_freed_memory, log_stderr, resolve_device, seed_everything
 from nlpseq.tasks import task_class
 from nlpseq.tasks.base import Log, Task
 
@@ -264,6 +264,8 @@ def start(config: PipelineConfig, run: ckpt.RunDir, log: Log) -> Training:
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     rank, world = _distributed(device)
     committed = run.current() is not None
     resume = t.resume and committed
