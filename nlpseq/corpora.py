@@ -86,10 +86,10 @@ class _RawBytes:
         self._lines += bool(raw)
         return raw
 
-    def read(self) -> bytes:
-        """The whole (decompressed) file."""
+    def read(self, size: int = -1) -> bytes:
+        """The next ``size`` bytes (decompressed), or all the rest."""
         try:
-            return self._handle.read()
+            return self._handle.read(size)
         except (gzip.BadGzipFile, EOFError, zlib.error) as err:
             raise _gzip_error(err, self.path, None) from None
 
@@ -169,18 +169,55 @@ def read_stdin_lines() -> Iterator[tuple[int, str]]:
 
 def read_text(path: str | Path) -> str:
     """A whole text file (``.gz`` allowed) as one string, line ends as LF."""
+    return "".join(iter_text(path))
+
+
+#: bytes :func:`iter_text` reads at a time
+TEXT_BLOCK = 1 << 20
+
+
+def iter_text(path: str | Path) -> Iterator[str]:
+    """:func:`read_text` in pieces of whole lines, each from about :data:`TEXT_BLOCK` bytes
+    (a piece holds at least one line, so a file without line breaks comes as one piece).
+    Invalid UTF-8 is an error naming its line, raised when the reading reaches it."""
     path = _check_file(path)
+    pending, rest, lines, started, seen = b"", [], 0, False, False
     with _RawBytes(path) as handle:
-        data = handle.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise NlpseqError("invalid UTF-8", path, line) from None
-    text = text.removeprefix(_BOM).replace("\r\n", "\n")
-    if not text.strip():
+        while True:
+            data = handle.read(TEXT_BLOCK)
+            raw, pending = _utf8_prefix(pending + data, path, lines, final=not data)
+            lines += raw.count(b"\n")
+            new = raw.decode("utf-8")
+            if not started and new:  # the file's first characters
+                new, started = new.removeprefix(_BOM), True
+            end = len(new) if not data else new.rfind("\n") + 1
+            if end == 0 and data:  # no line end yet: the piece goes on
+                rest.append(new)
+                continue
+            piece = ("".join(rest) + new[:end]).replace("\r\n", "\n")
+            rest = [new[end:]]
+            seen = seen or not piece.isspace() and bool(piece)
+            if piece:
+                yield piece
+            if not data:
+                break
+    if not seen:
         raise NlpseqError("data file is empty", path)
-    return text
+
+
+def _utf8_prefix(data: bytes, path: Path, lines_before: int, final: bool
+                 ) -> tuple[bytes, bytes]:
+    """``data`` split into its valid UTF-8 and the start of a character cut at its end (to be
+    completed by the next read); invalid bytes are an error naming their line."""
+    try:
+        data.decode("utf-8")
+        return data, b""
+    except UnicodeDecodeError as err:
+        cut_at_end = err.reason == "unexpected end of data" and len(data) - err.start < 4
+        if cut_at_end and not final:
+            return data[: err.start], data[err.start :]
+        line = lines_before + data[: err.start].count(b"\n") + 1
+        raise NlpseqError("invalid UTF-8", path, line) from None
 
 
 @dataclass
@@ -427,17 +464,37 @@ def read_parallel(source: str | Path, target: str | Path) -> ParallelData:
     counts are an error naming both files and both counts. Pairs where either side is empty
     are kept here (the task drops them from training and reports how many).
     """
-    sources = [line.strip() for _, line in read_lines(source)]
-    targets = [line.strip() for _, line in read_lines(target)]
-    if len(sources) != len(targets):
-        raise NlpseqError(
-            f"parallel files differ in length: {source} has {len(sources)} lines, "
-            f"{target} has {len(targets)} lines"
-        )
-    if not sources:
+    return next(iter_parallel(source, target, block=sys.maxsize))
+
+
+def iter_parallel(source: str | Path, target: str | Path, block: int | None = None
+                  ) -> Iterator[ParallelData]:
+    """:func:`read_parallel` a part of ``block`` pairs (default :data:`BLOCK`) at a time: both
+    files are read together, and a difference in length is found when the shorter one ends
+    (after the parts before it were yielded)."""
+    block = block or BLOCK
+    sources, targets = read_lines(source), read_lines(target)
+    part = ParallelData([], [], [], str(source), str(target))
+    count = 0
+    for src, tgt in itertools.zip_longest(sources, targets):
+        if src is None or tgt is None:
+            n_source = count + (src is not None) + sum(1 for _ in sources)
+            n_target = count + (tgt is not None) + sum(1 for _ in targets)
+            raise NlpseqError(
+                f"parallel files differ in length: {source} has {n_source} lines, "
+                f"{target} has {n_target} lines"
+            )
+        count += 1
+        part.sources.append(src[1].strip())
+        part.targets.append(tgt[1].strip())
+        part.lines.append(src[0])
+        if len(part.lines) == block:
+            yield part
+            part = ParallelData([], [], [], str(source), str(target))
+    if count == 0:
         raise NlpseqError("data file is empty", source)
-    return ParallelData(sources, targets, list(range(1, len(sources) + 1)), str(source),
-                        str(target))
+    if part.lines:
+        yield part
 
 
 @dataclass

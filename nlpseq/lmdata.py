@@ -9,7 +9,7 @@ after the first) is in exactly one window; the end of the last lane is padded wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,53 +36,70 @@ class LMBatch:
 def make_lanes(stream: Tensor, batch_size: int, context: int = 0) -> tuple[Tensor, Tensor]:
     """Cut a 1-D stream into ``batch_size`` contiguous lanes of inputs and next-token targets.
 
-    Returns inputs and targets, (B, R) each. Without context, R = L = ceil((N - 1) / B) and
-    lane i reads and predicts input positions [i*L, (i+1)*L). With ``context`` C, every lane
+    Returns inputs and targets, (B, R) each, long. Without context, R = L = ceil((N - 1) / B)
+    and lane i reads and predicts input positions [i*L, (i+1)*L). With ``context`` C, every lane
     reads R = L + C positions, L = ceil((N - 1 - C) / B): lane 0 predicts all of [0, L + C),
     lane i > 0 reads [i*L, i*L + L + C) but predicts only its last L positions, so it starts
     scoring with C tokens of history instead of an empty state. Either way every target is
     predicted exactly once. Positions past the end hold input 0 and target IGNORE.
     """
-    if stream.dim() != 1:
-        raise ValueError(f"expected a 1-D token stream, got shape {tuple(stream.shape)}")
-    if batch_size < 1 or context < 0:
-        raise ValueError(f"need batch_size >= 1 and context >= 0, got {batch_size}, {context}")
-    n_targets = max(len(stream) - 1, 0)
-    if batch_size == 1 or n_targets <= context:
-        context = 0
-    lane_len = math.ceil((n_targets - context) / batch_size)
-    read = torch.arange(lane_len + context)  # (R,)
-    positions = torch.arange(batch_size).unsqueeze(1) * lane_len + read  # (B, R) input positions
-    scored = (read >= context) | (torch.arange(batch_size) == 0).unsqueeze(1)  # (B, R)
-    inside = positions < n_targets
-    clamped = positions.clamp(max=max(n_targets - 1, 0))
-    inputs = torch.where(inside, stream[clamped] if n_targets else positions, 0)
-    targets = torch.where(inside & scored, stream[clamped + 1] if n_targets else positions, IGNORE)
-    return inputs, targets
+    lanes = _Lanes(stream, batch_size, context)
+    return lanes.columns(0, lanes.length)
 
 
-def lm_windows(
+class _Lanes:
+    """The lane layout of :func:`make_lanes`, read a few columns at a time."""
+
+    def __init__(self, stream: Tensor, batch_size: int, context: int):
+        if stream.dim() != 1:
+            raise ValueError(f"expected a 1-D token stream, got shape {tuple(stream.shape)}")
+        if batch_size < 1 or context < 0:
+            raise ValueError(f"need batch_size >= 1 and context >= 0, got {batch_size}, "
+                             f"{context}")
+        self.stream, self.batch_size = stream, batch_size
+        self.n_targets = max(len(stream) - 1, 0)
+        self.context = 0 if batch_size == 1 or self.n_targets <= context else context
+        self.lane_len = math.ceil((self.n_targets - self.context) / batch_size)
+        self.length = self.lane_len + self.context  # R: positions each lane reads
+
+    def columns(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of lane positions [start, stop), (B, stop - start) long each."""
+        read = torch.arange(start, stop)
+        lane = torch.arange(self.batch_size).unsqueeze(1)  # (B, 1)
+        positions = lane * self.lane_len + read  # (B, R') input positions
+        scored = (read >= self.context) | (lane == 0)
+        inside = positions < self.n_targets
+        if not self.n_targets:
+            return torch.zeros_like(positions), torch.full_like(positions, IGNORE)
+        clamped = positions.clamp(max=self.n_targets - 1)
+        # .long(): the stream may be held in a narrower type (see CharCodec.encode_pieces)
+        inputs = torch.where(inside, self.stream[clamped].long(), 0)
+        targets = torch.where(inside & scored, self.stream[clamped + 1].long(), IGNORE)
+        return inputs, targets
+
+
+def iter_windows(
     stream: Tensor, batch_size: int, seq_len: int, offset: int = 0, context: int = 0
-) -> list[LMBatch]:
-    """Windows of ``seq_len`` tokens over ``batch_size`` lanes, in reading order.
+) -> Iterator[LMBatch]:
+    """Windows of ``seq_len`` tokens over ``batch_size`` lanes, in reading order, each
+    gathered from the stream when it is reached (memory: the stream and one window).
 
     offset drops the first ``offset`` tokens (a trainer may vary it per epoch so that window
     boundaries move); context is :func:`make_lanes`'s. The last window may be shorter.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    inputs, targets = make_lanes(stream[offset:], batch_size, context)  # (B, R)
-    windows = []
-    for start in range(0, inputs.size(1), seq_len):
-        window_targets = targets[:, start : start + seq_len]
-        windows.append(
-            LMBatch(
-                inputs[:, start : start + seq_len],
-                window_targets,
-                int((window_targets != IGNORE).sum()),
-            )
-        )
-    return windows
+    lanes = _Lanes(stream[offset:], batch_size, context)
+    for start in range(0, lanes.length, seq_len):
+        inputs, targets = lanes.columns(start, min(start + seq_len, lanes.length))
+        yield LMBatch(inputs, targets, int((targets != IGNORE).sum()))
+
+
+def lm_windows(
+    stream: Tensor, batch_size: int, seq_len: int, offset: int = 0, context: int = 0
+) -> list[LMBatch]:
+    """All of :func:`iter_windows`'s windows."""
+    return list(iter_windows(stream, batch_size, seq_len, offset, context))
 
 
 def evaluate_stream(
@@ -111,7 +128,7 @@ def evaluate_stream(
     counts, carry = LossCounts(bits_key="bpc", count_key="n_chars"), None
     try:
         with torch.no_grad():
-            for batch in lm_windows(stream, batch_size, seq_len, context=context):
+            for batch in iter_windows(stream, batch_size, seq_len, context=context):
                 window_loss, window_count, carry = model(batch.to(device), carry)
                 counts.add(float(window_loss), window_count)
     finally:

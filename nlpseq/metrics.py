@@ -87,19 +87,44 @@ class LossCounts:
         }
 
 
+class TranslationCounts:
+    """Corpus BLEU and chrF from sacreBLEU (cased, on detokenized text), with signatures, from
+    n-gram statistics summed over parts of a corpus: corpus BLEU sums its statistics over
+    every sentence before taking ratios, so the parts give exactly the whole corpus's score.
+    Each hypothesis has one reference."""
+
+    def __init__(self) -> None:
+        from sacrebleu.metrics import BLEU, CHRF  # heavy: imported only when scoring
+
+        self.metrics = {"bleu": BLEU(), "chrf": CHRF()}
+        self.sums: dict[str, list[int]] = {}
+        self.n = 0
+
+    def add(self, hypotheses: Sequence[str], references: Sequence[str]) -> None:
+        for name, metric in self.metrics.items():
+            # sacreBLEU's per-sentence statistics, as its own corpus_score gathers them
+            stats = metric._extract_corpus_statistics(hypotheses, [references])
+            summed = [sum(column) for column in zip(*stats)]
+            previous = self.sums.get(name)
+            self.sums[name] = summed if previous is None else [
+                a + b for a, b in zip(previous, summed)]
+        self.n += len(hypotheses)
+
+    def result(self) -> dict:
+        scores = {name: (metric._compute_score_from_stats(self.sums[name]).score
+                         if name in self.sums else 0.0)
+                  for name, metric in self.metrics.items()}
+        return {
+            "bleu": scores["bleu"],
+            "chrf": scores["chrf"],
+            "signature": str(self.metrics["bleu"].get_signature()),
+            "chrf_signature": str(self.metrics["chrf"].get_signature()),
+            "n": self.n,
+        }
+
+
 def translation_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU and chrF from sacreBLEU (cased, on detokenized text), with signatures.
-
-    sacreBLEU sums n-gram statistics over the whole corpus before taking ratios, as corpus BLEU
-    requires; ``references`` has one reference per hypothesis.
-    """
-    from sacrebleu.metrics import BLEU, CHRF  # heavy: imported only when scoring
-
-    bleu, chrf = BLEU(), CHRF()
-    return {
-        "bleu": bleu.corpus_score(hypotheses, [references]).score,
-        "chrf": chrf.corpus_score(hypotheses, [references]).score,
-        "signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-        "n": len(hypotheses),
-    }
+    """:class:`TranslationCounts` of one whole corpus."""
+    counts = TranslationCounts()
+    counts.add(hypotheses, references)
+    return counts.result()

@@ -120,6 +120,30 @@ def test_cli_evaluate_json_sums_over_the_whole_file(run_dir, tmp_path):
     assert metrics["loss"] < 0.2
 
 
+def test_evaluate_files_reads_in_pieces_with_the_figures_of_the_whole_text(
+        run_dir, tmp_path, monkeypatch):
+    """Read a few bytes at a time and held as one byte a character, a file gives exactly the
+    figures of its whole text encoded at once (CRLF line ends, an unseen character)."""
+    from nlpseq import corpora
+    from nlpseq.lmdata import evaluate_stream
+
+    text = VERSE * 3 + "the bell — the steps\n"
+    path = tmp_path / "eval.txt"
+    path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    predictor = nlpseq.load(run_dir)
+    task = predictor
+    ids, unknown = task.codec.encode(text)
+    config = task.config
+    whole = evaluate_stream(task.model, ids, config.eval.batch_size, config.model.seq_len,
+                            context=config.model.eval_context)
+    monkeypatch.setattr(corpora, "TEXT_BLOCK", 7)
+    assert len(list(corpora.iter_text(path))) > 3
+    compact, also_unknown = task.codec.encode_pieces(corpora.iter_text(path))
+    assert compact.dtype == torch.uint8 and torch.equal(compact.long(), ids)
+    assert also_unknown == unknown == ["—"]
+    assert predictor.evaluate_files([str(path)]) == whole
+
+
 def test_training_text_shorter_than_one_window_is_an_error(tmp_path):
     pipeline = chargen_pipeline(tmp_path, "too short")
     result = invoke("train", pipeline, "--out", tmp_path / "run", "--quiet")

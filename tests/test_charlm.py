@@ -14,6 +14,7 @@ from nlpseq.lmdata import (
     IGNORE,
     LMBatch,
     evaluate_stream,
+    iter_windows,
     lm_windows,
     make_lanes,
 )
@@ -60,6 +61,16 @@ def test_context_lanes_read_history_before_scoring_each_target_once():
     assert (targets[1:, :4] == IGNORE).all() and (targets[1:, 4:] != IGNORE).all()
     scored = targets[targets != IGNORE]
     assert sorted(scored.tolist()) == list(range(1, 23))
+
+
+def test_windows_of_a_narrow_stream_are_the_lanes_read_a_window_at_a_time():
+    stream = torch.randint(0, 200, (47,), generator=torch.Generator().manual_seed(0))
+    inputs, targets = make_lanes(stream.long(), batch_size=4, context=3)
+    windows = list(iter_windows(stream.to(torch.uint8), batch_size=4, seq_len=5, context=3))
+    assert all(w.inputs.dtype == w.targets.dtype == torch.long for w in windows)
+    assert torch.equal(torch.cat([w.inputs for w in windows], dim=1), inputs)
+    assert torch.equal(torch.cat([w.targets for w in windows], dim=1), targets)
+    assert sum(w.num_tokens for w in windows) == 46
 
 
 def test_windows_with_offset_start_later():

@@ -322,6 +322,67 @@ def test_labelled_files_are_read_a_part_at_a_time(tmp_path, fmt, monkeypatch):
     assert err.value.line == len(lines)
 
 
+def test_parallel_files_are_read_a_part_at_a_time(tmp_path, monkeypatch):
+    """Parts of BLOCK pairs, in order, with their lines; a length difference is found where
+    the shorter file ends, after the parts before it, and names both counts."""
+    from nlpseq import corpora
+
+    source = write(tmp_path, "s.de", "".join(f"q{i}\n" for i in range(7)))
+    target = write(tmp_path, "t.en", "".join(f"a{i}\n" for i in range(7)))
+    monkeypatch.setattr(corpora, "BLOCK", 3)
+    parts = list(corpora.iter_parallel(source, target))
+    assert [p.sources for p in parts] == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]]
+    assert [p.targets[0] for p in parts] == ["a0", "a3", "a6"]
+    assert [p.lines for p in parts] == [[1, 2, 3], [4, 5, 6], [7]]
+    whole = read_parallel(source, target)
+    assert whole.sources == [s for p in parts for s in p.sources]
+    assert whole.lines == list(range(1, 8))
+    longer = write(tmp_path, "l.en", "".join(f"a{i}\n" for i in range(9)))
+    reading = corpora.iter_parallel(source, longer)
+    assert next(reading).sources == ["q0", "q1", "q2"]
+    next(reading)
+    with pytest.raises(NlpseqError, match=r"s\.de has 7 lines, .*l\.en has 9 lines"):
+        next(reading)
+    with pytest.raises(NlpseqError, match=r"l\.en has 9 lines, .*s\.de has 7 lines"):
+        list(corpora.iter_parallel(longer, source))
+    empty = write(tmp_path, "e.de", "")
+    with pytest.raises(NlpseqError, match="empty"):
+        list(corpora.iter_parallel(empty, write(tmp_path, "e.en", "")))
+
+
+def test_text_is_read_in_pieces_of_whole_lines(tmp_path, monkeypatch):
+    """Pieces of a few bytes join to read_text's text: the byte order mark dropped, CRLF as
+    LF (never split), characters of 2-4 bytes cut by a read completed by the next; every
+    piece but the last ends a line. Invalid UTF-8 is raised with its line when reached."""
+    from nlpseq import corpora
+
+    text = "\ufeffab\r\ncdé中😀\r\n\r\nwer\u0308 no line end"
+    path = write(tmp_path, "t.txt", "")
+    path.write_bytes(text.encode("utf-8"))
+    gz = tmp_path / "t.txt.gz"
+    gz.write_bytes(gzip.compress(text.encode("utf-8")))
+    expected = text[1:].replace("\r\n", "\n")
+    for block in range(1, 12):
+        monkeypatch.setattr(corpora, "TEXT_BLOCK", block)
+        for source in (path, gz):
+            pieces = list(corpora.iter_text(source))
+            assert "".join(pieces) == expected == read_text(source)
+            assert all(piece.endswith("\n") for piece in pieces[:-1])
+    monkeypatch.setattr(corpora, "TEXT_BLOCK", 4)
+    path.write_bytes(b"one\ntwo\nthree \xff\n")
+    reading = corpora.iter_text(path)
+    assert next(reading) == "one\n"
+    with pytest.raises(NlpseqError, match="invalid UTF-8") as err:
+        list(reading)
+    assert err.value.line == 3
+    path.write_bytes(b"cut \xe4\xb8")  # a character cut at the end of the file
+    with pytest.raises(NlpseqError, match="invalid UTF-8"):
+        list(corpora.iter_text(path))
+    path.write_bytes(b" \n\t\n")
+    with pytest.raises(NlpseqError, match="empty"):
+        list(corpora.iter_text(path))
+
+
 def test_conll_is_parsed_a_block_at_a_time(tmp_path, monkeypatch):
     from nlpseq import corpora
 

@@ -127,6 +127,47 @@ def test_cli_evaluate_json(trained: Path, tmp_path: Path):
 
 
 @pytest.mark.heavy  # the shared model trains for about 10 s
+def test_evaluate_files_reads_in_parts_with_the_same_figures(trained: Path, tmp_path: Path,
+                                                             monkeypatch):
+    """Scored a few pairs at a time, with n-gram statistics and loss summed over the parts,
+    the files give the figures they give read whole; they are not all perfect translations."""
+    from nlpseq import corpora
+
+    pairs = [*PAIRS[:7], ("The dog is singing.", "Der Hund schläft."), ("The cat", "Die Katze")]
+    src, tgt = write_parallel(tmp_path, pairs)
+    predictor = nlpseq.load(trained)
+    whole = predictor.evaluate_files([str(src), str(tgt)])
+    monkeypatch.setattr(corpora, "BLOCK", 2)
+    parts = predictor.evaluate_files([str(src), str(tgt)])
+    assert parts.pop("loss") == pytest.approx(whole.pop("loss"), rel=1e-6)
+    assert parts.pop("perplexity") == pytest.approx(whole.pop("perplexity"), rel=1e-6)
+    assert parts == whole
+    assert whole["n"] == 9 and 0 < whole["bleu"] < 100
+
+
+def test_translation_scores_from_summed_statistics_equal_sacrebleu():
+    """BLEU and chrF from statistics summed over uneven parts equal sacreBLEU's corpus
+    scores of the whole (brute force: its own corpus_score)."""
+    import random
+
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from nlpseq.metrics import TranslationCounts, translation_scores
+
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat Haus ist ein der die das , .".split()
+    hyps = [" ".join(rng.choices(words, k=rng.randint(0, 12))) for _ in range(200)]
+    refs = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(200)]
+    whole = translation_scores(hyps, refs)
+    assert whole["bleu"] == BLEU().corpus_score(hyps, [refs]).score
+    assert whole["chrf"] == CHRF().corpus_score(hyps, [refs]).score
+    counts = TranslationCounts()
+    for start, size in ((0, 1), (1, 7), (8, 50), (58, 142)):
+        counts.add(hyps[start:start + size], refs[start:start + size])
+    assert counts.result() == whole
+
+
+@pytest.mark.heavy  # the shared model trains for about 10 s
 def test_mismatched_files_are_a_one_line_error(trained: Path, tmp_path: Path):
     src, _ = write_parallel(tmp_path, PAIRS[:6])
     short = tmp_path / "short.de"

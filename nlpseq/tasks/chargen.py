@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from nlpseq.checkpoint import save_objects
-from nlpseq.corpora import read_text
+from nlpseq.corpora import iter_text, read_text
 from nlpseq.decoding import check_length, check_sampling_options, generate
 from nlpseq.errors import NlpseqError
 from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
@@ -66,6 +66,18 @@ class CharCodec:
         ids = np.where(known, self._ids[where], UNK)
         unknown = sorted({chr(c) for c in np.unique(codes[~known])})
         return torch.from_numpy(ids), unknown
+
+    def encode_pieces(self, pieces: Iterable[str]) -> tuple[Tensor, list[str]]:
+        """:meth:`encode` over the pieces of one text, the ids held in the narrowest integer
+        type that holds the vocabulary (one byte a character up to 256 characters)."""
+        size = self.vocab_size
+        dtype = torch.uint8 if size <= 256 else torch.int16 if size <= 1 << 15 else torch.int32
+        parts, unknown = [], set()
+        for piece in pieces:
+            ids, missing = self.encode(piece)
+            parts.append(ids.to(dtype))
+            unknown.update(missing)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype), sorted(unknown)
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -191,10 +203,12 @@ class ChargenTask(Task):
         return self._score(model, self.val_ids)
 
     def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
-        """loss (nats/char), bpc, perplexity and n_chars over a whole text file."""
+        """loss (nats/char), bpc, perplexity and n_chars over a whole text file, read a piece
+        at a time into ids of one or two bytes a character; each window of the lanes is
+        gathered from them when it is scored."""
         if len(paths) != 1:
             raise NlpseqError("chargen evaluation takes one text file")
-        ids, unknown = self.codec.encode(read_text(paths[0]))
+        ids, unknown = self.codec.encode_pieces(iter_text(paths[0]))
         if len(ids) < 2:
             raise NlpseqError("the text needs at least 2 characters to score", paths[0])
         if unknown:

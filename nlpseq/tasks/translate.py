@@ -8,6 +8,7 @@ are printed or scored, so BLEU and chrF are sacreBLEU's, on detokenized, cased t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from torch import nn
 
 from nlpseq.batching import bucket_batches, pad
 from nlpseq.checkpoint import save_objects
-from nlpseq.corpora import ParallelData, read_parallel
+from nlpseq.corpora import ParallelData, iter_parallel, read_parallel
 from nlpseq.decoding import Hypothesis, beam_search, greedy_search, max_target_lengths
 from nlpseq.errors import NlpseqError
-from nlpseq.metrics import LossCounts, translation_scores
+from nlpseq.metrics import LossCounts, TranslationCounts
 from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig, TranslationBatch
 from nlpseq.tasks.base import Log, Task, shard, text_list
 from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
@@ -28,6 +29,9 @@ from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
 TOKENIZER = "tokenizer.json"  # joint vocabulary
 SOURCE_TOKENIZER = "source_tokenizer.json"  # separate vocabularies
 TARGET_TOKENIZER = "target_tokenizer.json"
+
+# A part of an evaluation corpus: source ids, reference texts, target ids
+Part = tuple[list[list[int]], list[str], list[list[int]]]
 
 
 @dataclass
@@ -250,44 +254,43 @@ class TranslateTask(Task):
 
     # --- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
-    def _loss(self, model: Seq2Seq, sources: list[list[int]], targets: list[list[int]]) -> dict:
+    def _add_loss(self, counts: LossCounts, model: Seq2Seq, sources: list[list[int]],
+                  targets: list[list[int]]) -> None:
         model.eval()
-        counts = LossCounts()
         order = bucket_batches([len(t) for t in targets], self.config.eval.batch_size,
                                shuffle=False)
         for batch in self._batches(sources, targets, order):
             loss, count, _ = model(batch.to(self.device))
             counts.add(float(loss), count)
-        result = counts.result()
-        return {"loss": result["loss"], "perplexity": result["perplexity"],
-                "tokens": result["tokens"]}
 
-    def _score(
-        self, model: Seq2Seq, sources: list[list[int]], references: list[str], beam: int,
-        targets: list[list[int]] | None = None,
-    ) -> dict[str, Any]:
-        decoded = self.decode(model, sources, beam)
-        hypotheses = [self.target_tokenizer.decode(ids) for ids in decoded]
-        result = translation_scores(hypotheses, references)
+    def _scores(self, model: Seq2Seq, parts: Iterable[Part], beam: int) -> dict[str, Any]:
+        """BLEU and chrF over ``parts`` of (source ids, reference texts, target ids), from
+        n-gram statistics and a loss summed over every part."""
+        scores, losses = TranslationCounts(), LossCounts()
+        for sources, references, targets in parts:
+            decoded = self.decode(model, sources, beam)
+            scores.add([self.target_tokenizer.decode(ids) for ids in decoded], references)
+            self._add_loss(losses, model, sources, targets)
+        result = scores.result()
         result["beam"] = beam
-        if targets is not None:
-            result.update(self._loss(model, sources, targets))
+        loss = losses.result()
+        result.update(loss=loss["loss"], perplexity=loss["perplexity"], tokens=loss["tokens"])
         return result
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         self.require_dev(bool(self.dev_sources), "data.dev and data.dev_target")
-        return self._score(model, self.dev_sources, self.dev_references,
-                           self.config.model.dev_beam, self.dev_targets)
+        part = (self.dev_sources, self.dev_references, self.dev_targets)
+        return self._scores(model, [part], self.config.model.dev_beam)
 
     def evaluate_files(self, paths: list[str], beam: int | None = None) -> dict[str, Any]:
-        """Translate SOURCE and score it against REFERENCE (``eval.beam`` unless given)."""
+        """Translate SOURCE and score it against REFERENCE (``eval.beam`` unless given), a
+        part at a time: memory stays bounded however long the files are."""
         if len(paths) != 2:
             raise NlpseqError("translation evaluation takes two files: SOURCE REFERENCE")
-        data = read_parallel(paths[0], paths[1])
         beam = self.config.eval.beam if beam is None else beam
-        sources = self.encode_sources(data.sources)
-        targets = self.encode_targets(data.targets)
-        return self._score(self.model, sources, data.targets, beam, targets)
+        parts = ((self.encode_sources(part.sources), part.targets,
+                  self.encode_targets(part.targets)) for part in iter_parallel(*paths))
+        return self._scores(self.model, parts, beam)
 
     def predict(self, texts: list[str], beam: int | None = None) -> list[str]:
         """The translation of each text (see :meth:`translate`)."""
