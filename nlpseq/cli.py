@@ -69,18 +69,23 @@ def train(pipeline: str, out_dir: str, overrides: tuple[str, ...], quiet: bool) 
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Also draw the scores as PNG: per-entity-type bars (NER), the confusion "
                    "matrix (sentiment).")
+@click.option("--beam", type=click.IntRange(min=1, max=1000), default=None,
+              help="Translation runs: beam size; 1 is greedy [default: the run's eval.beam].")
 @_backend_option
 def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: str,
-             plot_file: str | None, backend: str) -> None:
+             plot_file: str | None, beam: int | None, backend: str) -> None:
     """Score RUN_DIR's model on DATA_FILES (translation: SOURCE REFERENCE)."""
     import nlpseq
 
     task = nlpseq.load(run_dir, device, backend)
+    options = {"beam": beam} if beam is not None else {}
+    if options:
+        task.check_options(options)
     if plot_file:  # checked before scoring, so a wrong option does not cost the evaluation
         from nlpseq.plot import check_plot_target
 
         check_plot_target(task.name, plot_file)
-    metrics = task.evaluate_files(list(data_files))
+    metrics = task.evaluate_files(list(data_files), **options)
     if plot_file:
         from nlpseq.plot import evaluation_png
 

@@ -250,10 +250,10 @@ def dropout_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
 class _LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lengths, h0, c0, directions, bf16, *weights):
+    def forward(ctx, x, lengths, h0, c0, directions, bf16, save, *weights):
         w_ih, w_hh, b_ih, b_hh = (list(weights[k::4]) for k in range(4))
         out, final, final_c, w, xh, acts, cells = torch.ops.nlpseq.lstm_layer_forward(
-            x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, bf16)
+            x, lengths, w_ih, w_hh, b_ih, b_hh, h0, c0, bf16, save)
         ctx.save_for_backward(lengths, w, xh, acts, cells, c0)
         ctx.directions, ctx.bf16 = directions, bf16
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not zeros
@@ -267,7 +267,7 @@ class _LSTMLayer(torch.autograd.Function):
         grads = []
         for k in range(ctx.directions):
             grads += [dw_ih[k], dw_hh[k], db[k], db[k]]
-        return (dx, None, None, None, None, None, *grads)
+        return (dx, None, None, None, None, None, None, *grads)
 
 
 def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
@@ -279,9 +279,12 @@ def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
     suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
     weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    # Without a backward pass to come (inference, evaluation) the kernel keeps nothing of the
+    # steps: what it would save is several times the size of the output.
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
     # under autocast the weights would reach the kernel as they are: float32 (it rounds them)
     return _LSTMLayer.apply(x, lengths.to("cpu", torch.long), h0, c0, len(suffixes),
-                            bf16_products(), *weights)
+                            bf16_products(), save, *weights)
 
 
 def lstm_layer(

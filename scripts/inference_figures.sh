@@ -55,6 +55,25 @@ for lines in ${MEMORY_LINES:-10000 1000000}; do
   done
 done
 
+# Peak memory of evaluate for the char LM (Tiny Shakespeare's lines repeated) and for
+# translation (Multi30k val repeated; greedy, which holds less per batch than beam search but
+# the same for the corpus: its n-gram statistics and loss are summed as they come).
+zcat "$corpora/translation/multi30k/val.de.gz" > "$out/val.de"
+text_lines=${TEXT_MEMORY_LINES:-10000 1000000}
+for lines in $text_lines; do
+  repeat "$corpora/textgen/tinyshakespeare/input.txt" "$lines" 0 > "$out/shakespeare_$lines.txt"
+  command="evaluate $runs/shakespeare $out/shakespeare_$lines.txt"
+  kb=$( { /usr/bin/time -f %M nlpseq $command > /dev/null; } 2>&1 | tail -1)
+  echo "{\"peak_rss_mb\": $((kb / 1024)), \"lines\": $lines, \"command\": \"nlpseq $command\"}"
+done
+for lines in ${PARALLEL_MEMORY_LINES:-10000 100000}; do
+  repeat "$out/val.en" "$lines" 0 > "$out/val_$lines.en"
+  repeat "$out/val.de" "$lines" 0 > "$out/val_$lines.de"
+  command="evaluate $runs/multi30k $out/val_$lines.en $out/val_$lines.de --beam 1"
+  kb=$( { /usr/bin/time -f %M nlpseq $command > /dev/null; } 2>&1 | tail -1)
+  echo "{\"peak_rss_mb\": $((kb / 1024)), \"lines\": $lines, \"command\": \"nlpseq $command\"}"
+done
+
 for backend in torch onnx int8 bf16; do
   for run in "sst2 $corpora/sentiment/sst2/glue_dev.tsv" "conll $conll_dev"; do
     set -- $run

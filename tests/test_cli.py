@@ -38,6 +38,8 @@ def test_evaluate_json_is_exactly_one_object(trained_run):
     assert metrics["n"] == 8 and metrics["accuracy"] == 100.0
     plain = invoke("evaluate", trained_run.run_dir, trained_run.corpus["dev"])
     assert plain.exit_code == 0 and "accuracy\t100.0000" in plain.stdout.splitlines()
+    assert_one_line_error(invoke("evaluate", trained_run.run_dir, trained_run.corpus["dev"],
+                                 "--beam", "2"), "'beam' does not apply to a sentiment run")
 
 
 def test_predict_from_file_and_stdin(trained_run, tmp_path):

@@ -96,6 +96,55 @@ def test_stateful_layer_matches_torch_lstm_with_initial_states(bidirectional, th
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("bidirectional, bf16, threads", list(itertools.product(
+    [True, False], [False, True], [1, 2])))
+def test_without_gradients_nothing_is_saved_and_the_outputs_are_the_same(
+        bidirectional, bf16, threads):
+    """Inference (no_grad) keeps none of the steps, with the outputs and final states (to
+    float precision) of the layer that saves them for a backward pass (padding, initial
+    states, every thread count)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(3)
+        rnn = nn.LSTM(9, 19, batch_first=True, bidirectional=bidirectional)
+        x = torch.randn(17, 6, 9)
+        lengths = torch.tensor([6, 1, 3, 6, 2, 5, 4, 6, 1, 6, 6, 3, 2, 6, 5, 4, 6])
+        directions = 2 if bidirectional else 1
+        h0, c0 = torch.randn(17, directions * 19), torch.randn(17, directions * 19)
+        weights = [[getattr(rnn, f"{name}_l0{suffix}").detach() for suffix in
+                    ["", "_reverse"][:directions]]
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        saved = torch.ops.nlpseq.lstm_layer_forward(x, lengths, *weights, h0, c0, bf16, True)
+        kept = torch.ops.nlpseq.lstm_layer_forward(x, lengths, *weights, h0, c0, bf16, False)
+        for a, b in zip(saved[:3], kept[:3]):  # BLAS may block rows of other strides apart
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert saved[4].numel() > 0 and all(t.numel() == 0 for t in kept[4:])
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.native
+def test_the_layer_saves_its_steps_only_for_a_backward_pass(monkeypatch):
+    calls = []
+    forward = torch.ops.nlpseq.lstm_layer_forward
+
+    def spy(*args):
+        calls.append(args[-1])  # save
+        return forward(*args)
+
+    monkeypatch.setattr(torch.ops.nlpseq, "lstm_layer_forward", spy)
+    rnn = nn.LSTM(4, 5, batch_first=True, bidirectional=True)
+    x, lengths = torch.randn(3, 4, 4), torch.tensor([4, 2, 3])
+    with torch.no_grad():
+        quiet, _ = native.lstm_layer(rnn, x, lengths)
+    trained, _ = native.lstm_layer(rnn, x, lengths)
+    trained.sum().backward()
+    assert calls == [False, True]
+    torch.testing.assert_close(quiet, trained.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.native
 def test_stateful_layer_refuses_a_state_that_wants_a_gradient():
     rnn = nn.LSTM(2, 3, batch_first=True)
     h0 = torch.zeros(1, 1, 3, requires_grad=True)

@@ -124,6 +124,9 @@ def test_cli_evaluate_json(trained: Path, tmp_path: Path):
     assert metrics["chrf"] == pytest.approx(100.0)
     assert metrics["n"] == 6
     assert metrics["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert metrics["beam"] == 3  # the run's eval.beam
+    greedy = json.loads(invoke("evaluate", trained, src, tgt, "--json", "--beam", "1").output)
+    assert greedy["beam"] == 1 and greedy["bleu"] == pytest.approx(100.0)
 
 
 @pytest.mark.heavy  # the shared model trains for about 10 s

@@ -360,10 +360,12 @@ inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T 
 // `xh` (the input and the state each step started from) is kept, so the backward pass gets
 // the weight gradient in one product too.
 // h0, c0: (B, D*H) initial states, or null for zeros.
+// save: keep xh, acts and cells for the backward pass; without it (inference) each step
+// works in buffers of one step, and xh, acts and cells are left unwritten.
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
                        const at::Tensor& b_hh, const float* h0, const float* c0, bool bf16,
-                       at::Tensor& out, at::Tensor& final, at::Tensor& final_c,
+                       bool save, at::Tensor& out, at::Tensor& final, at::Tensor& final_c,
                        at::Tensor& w, at::Tensor& xh, at::Tensor& acts, at::Tensor& cells) {
   const int64_t B = n.batch, T = n.steps, I = n.input, H = n.hidden, G = 4 * H;
   const int64_t DH = n.directions * H, K = I + H;
@@ -379,10 +381,15 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   const float* bip = b_ih.data_ptr<float>();
   const float* bhp = b_hh.data_ptr<float>();
   for (int64_t g = 0; g < G; ++g) bias[g] = bip[g] + bhp[g];
-  float* xp = xh.data_ptr<float>();
   const float* xsrc = x.data_ptr<float>();
-  for (int64_t row = 0; row < B * T; ++row) {
-    std::copy(xsrc + row * I, xsrc + (row + 1) * I, xp + row * K);
+  // Step t's rows [x_t h] start at xstep + t * tstride, one every rstride floats.
+  std::vector<float> step_xh(save ? 0 : B * K), step_acts(save ? 0 : G), step_cell(save ? 0 : H);
+  float* xstep = save ? xh.data_ptr<float>() : step_xh.data();
+  const int64_t tstride = save ? K : 0, rstride = save ? T * K : K;
+  if (save) {
+    for (int64_t row = 0; row < B * T; ++row) {
+      std::copy(xsrc + row * I, xsrc + (row + 1) * I, xstep + row * K);
+    }
   }
   std::vector<float> c(B * H, 0.0f);
   if (c0) {
@@ -398,8 +405,8 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   float* hp = final.data_ptr<float>() + d * H;  // the state; ends as each row's final state
   float* cp = c.data();
   float* op = out.data_ptr<float>() + d * H;
-  float* ap = acts.data_ptr<float>();
-  float* sp = cells.data_ptr<float>();
+  float* ap = save ? acts.data_ptr<float>() : nullptr;
+  float* sp = save ? cells.data_ptr<float>() : nullptr;
   for (int64_t b = 0; b < B; ++b) {
     if (h0) {
       std::copy(h0 + b * DH + d * H, h0 + b * DH + d * H + H, hp + b * DH);
@@ -409,26 +416,30 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
   }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_at(d, s, T);
+    float* xt = xstep + t * tstride;
     for (int64_t b = 0; b < B; ++b) {
-      std::copy(hp + b * DH, hp + b * DH + H, xp + (b * T + t) * K + I);
+      if (!save) std::copy(xsrc + (b * T + t) * I, xsrc + (b * T + t + 1) * I, xt + b * rstride);
+      std::copy(hp + b * DH, hp + b * DH + H, xt + b * rstride + I);
     }
     if (bf16) {
-      round_rows(xp + t * K, B, K, T * K, xh16.data());
+      round_rows(xt, B, K, rstride, xh16.data());
       gemm16(false, true, B, G, K, xh16.data(), K, w16.data(), K, rec.data(), G);  // (B, 4H)
     } else {
-      gemm(false, true, B, G, K, xp + t * K, T * K, wp, K, rec.data(), G);  // (B, 4H)
+      gemm(false, true, B, G, K, xt, rstride, wp, K, rec.data(), G);  // (B, 4H)
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
       float* ob = op + row * DH;
       float* cb = cp + b * H;
+      float* ab = save ? ap + row * G : step_acts.data();
+      float* sb = save ? sp + row * H : step_cell.data();
       if (t >= lengths[b]) {
         std::fill(ob, ob + H, 0.0f);
-        std::fill(ap + row * G, ap + (row + 1) * G, 0.0f);
-        std::copy(cb, cb + H, sp + row * H);
+        std::fill(ab, ab + G, 0.0f);
+        std::copy(cb, cb + H, sb);
         continue;
       }
-      cell_forward(H, rp + b * G, bp, ap + row * G, hp + b * DH, cb, ob, sp + row * H);
+      cell_forward(H, rp + b * G, bp, ab, hp + b * DH, cb, ob, sb);
     }
   }
   float* fcp = final_c.data_ptr<float>() + d * H;
@@ -543,7 +554,8 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
                                            at::TensorList w_ih, at::TensorList w_hh,
                                            at::TensorList b_ih, at::TensorList b_hh,
                                            const std::optional<at::Tensor>& h0_in,
-                                           const std::optional<at::Tensor>& c0_in, bool bf16) {
+                                           const std::optional<at::Tensor>& c0_in, bool bf16,
+                                           bool save) {
   check_inputs(x_in, lengths_in, w_ih, w_hh);
   at::Tensor x = x_in.contiguous();
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
@@ -558,9 +570,11 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
   const float* c0 = state_data(c0_in, c0_keep, B, D * H);
   const int64_t P = row_blocks(D, B);
   at::Tensor w = at::empty({D * P, 4 * H, I + H}, x.options());  // each task writes its own
-  at::Tensor xh = at::empty({D, B, T, I + H}, x.options());
-  at::Tensor acts = at::empty({D, B, T, 4 * H}, x.options());
-  at::Tensor cells = at::empty({D, B, T, H}, x.options());
+  // what the backward pass reads: (D, B, 0, .) when nothing is saved
+  const int64_t saved_steps = save ? T : 0;
+  at::Tensor xh = at::empty({D, B, saved_steps, I + H}, x.options());
+  at::Tensor acts = at::empty({D, B, saved_steps, 4 * H}, x.options());
+  at::Tensor cells = at::empty({D, B, saved_steps, H}, x.options());
   at::parallel_for(0, D * P, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard no_grad;  // grad mode is per thread and this may run on a worker
     OneBlasThread one_blas_thread;
@@ -574,8 +588,8 @@ std::vector<at::Tensor> lstm_layer_forward(const at::Tensor& x_in, const at::Ten
       forward_direction(d, part, lengths.data_ptr<int64_t>() + b0, x.narrow(0, b0, bs),
                         w_ih[d].contiguous(), w_hh[d].contiguous(), b_ih[d].contiguous(),
                         b_hh[d].contiguous(), h0 ? h0 + b0 * D * H : nullptr,
-                        c0 ? c0 + b0 * D * H : nullptr, bf16, out_k, final_k, final_c_k, w_k, xh_k,
-                        acts_k, cells_k);
+                        c0 ? c0 + b0 * D * H : nullptr, bf16, save, out_k, final_k, final_c_k, w_k,
+                        xh_k, acts_k, cells_k);
     }
   });
   if (P > 1) w = w.narrow(0, 0, D);
@@ -740,8 +754,8 @@ std::vector<at::Tensor> lstm_step(const at::Tensor& x_in, const at::Tensor& h_in
 
 TORCH_LIBRARY(nlpseq, m) {
   m.def("lstm_layer_forward(Tensor x, Tensor lengths, Tensor[] w_ih, Tensor[] w_hh, "
-        "Tensor[] b_ih, Tensor[] b_hh, Tensor? h0=None, Tensor? c0=None, bool bf16=False) "
-        "-> Tensor[]");
+        "Tensor[] b_ih, Tensor[] b_hh, Tensor? h0=None, Tensor? c0=None, bool bf16=False, "
+        "bool save=True) -> Tensor[]");
   m.def("lstm_layer_backward(Tensor? dout, Tensor? dfinal, Tensor lengths, Tensor w, "
         "Tensor xh, Tensor acts, Tensor cells, Tensor? c0=None, bool bf16=False) -> Tensor[]");
   m.def("lstm_step(Tensor x, Tensor h, Tensor c, Tensor w, Tensor bias) -> Tensor[]");
