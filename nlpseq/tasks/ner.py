@@ -363,7 +363,8 @@ class NerTask(Task):
         for (words, scheme), tags in zip(items, self._predict_tokens(sentences)):
             spans = [{"text": " ".join(words[start:end]), "type": kind, "start": start,
                       "end": end} for kind, start, end in tags_to_spans(tags, self.data_scheme)]
-            tags = convert_tags(tags, self.data_scheme, scheme)
+            if scheme != self.data_scheme:  # _decode's tags are well formed in the data's
+                tags = convert_tags(tags, self.data_scheme, scheme)
             records.append({"tokens": words, "tags": tags, "spans": spans})
         return records
 
