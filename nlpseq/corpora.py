@@ -196,7 +196,7 @@ def iter_text(path: str | Path) -> Iterator[str]:
                 continue
             piece = ("".join(rest) + new[:end]).replace("\r\n", "\n")
             rest = [new[end:]]
-            seen = seen or not piece.isspace() and bool(piece)
+            seen = seen or bool(piece.strip())
             if piece:
                 yield piece
             if not data:
@@ -474,8 +474,11 @@ def iter_parallel(source: str | Path, target: str | Path, block: int | None = No
     (after the parts before it were yielded)."""
     block = block or BLOCK
     sources, targets = read_lines(source), read_lines(target)
-    part = ParallelData([], [], [], str(source), str(target))
-    count = 0
+
+    def empty() -> ParallelData:
+        return ParallelData([], [], [], str(source), str(target))
+
+    part, count = empty(), 0
     for src, tgt in itertools.zip_longest(sources, targets):
         if src is None or tgt is None:
             n_source = count + (src is not None) + sum(1 for _ in sources)
@@ -490,7 +493,7 @@ def iter_parallel(source: str | Path, target: str | Path, block: int | None = No
         part.lines.append(src[0])
         if len(part.lines) == block:
             yield part
-            part = ParallelData([], [], [], str(source), str(target))
+            part = empty()
     if count == 0:
         raise NlpseqError("data file is empty", source)
     if part.lines:

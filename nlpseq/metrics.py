@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
     """Precision, recall, F1 (fractions in [0, 1]; 0 where undefined)."""
@@ -97,21 +99,18 @@ class TranslationCounts:
         from sacrebleu.metrics import BLEU, CHRF  # heavy: imported only when scoring
 
         self.metrics = {"bleu": BLEU(), "chrf": CHRF()}
-        self.sums: dict[str, list[int]] = {}
+        self.sums: dict[str, np.ndarray] = {}
         self.n = 0
 
     def add(self, hypotheses: Sequence[str], references: Sequence[str]) -> None:
         for name, metric in self.metrics.items():
             # sacreBLEU's per-sentence statistics, as its own corpus_score gathers them
-            stats = metric._extract_corpus_statistics(hypotheses, [references])
-            summed = [sum(column) for column in zip(*stats)]
-            previous = self.sums.get(name)
-            self.sums[name] = summed if previous is None else [
-                a + b for a, b in zip(previous, summed)]
+            stats = np.asarray(metric._extract_corpus_statistics(hypotheses, [references]))
+            self.sums[name] = self.sums.get(name, 0) + stats.sum(axis=0)
         self.n += len(hypotheses)
 
     def result(self) -> dict:
-        scores = {name: (metric._compute_score_from_stats(self.sums[name]).score
+        scores = {name: (metric._compute_score_from_stats(self.sums[name].tolist()).score
                          if name in self.sums else 0.0)
                   for name, metric in self.metrics.items()}
         return {
