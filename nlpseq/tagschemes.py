@@ -13,6 +13,7 @@ ill-formed sequences (``O I-PER`` in IOB2, ``B-PER O`` in BIOES) give the spans 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -69,12 +70,10 @@ def tags_to_spans(tags: Sequence[str], scheme: str) -> list[Span]:
     spans: list[Span] = []
     start = -1
     prev_prefix, prev_type = "O", ""
-    checked: set[str] = set()
     for i, tag in enumerate(tags):
-        if tag not in checked:
-            validate_tag(tag, scheme)
-            checked.add(tag)
-        prefix, entity_type = split_tag(tag)
+        prefix, entity_type = _checked_parts(tag, scheme)
+        if prefix == "O" and prev_prefix == "O":
+            continue  # the common case, where nothing starts or ends
         if start >= 0 and _chunk_ends(prev_prefix, prefix, prev_type, entity_type):
             spans.append((prev_type, start, i))
             start = -1
@@ -84,6 +83,14 @@ def tags_to_spans(tags: Sequence[str], scheme: str) -> list[Span]:
     if start >= 0:
         spans.append((prev_type, start, len(tags)))
     return spans
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_parts(tag: str, scheme: str) -> tuple[str, str]:
+    """``split_tag(tag)`` once ``validate_tag`` has accepted it; cached, since a corpus has
+    only a few distinct tags."""
+    validate_tag(tag, scheme)
+    return split_tag(tag)
 
 
 def _chunk_ends(prev_prefix: str, prefix: str, prev_type: str, entity_type: str) -> bool:

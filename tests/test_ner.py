@@ -112,6 +112,8 @@ def test_read_conll_without_sentences(tmp_path):
 def test_casing_and_char_cnn_ignore_padding():
     assert [casing(t) for t in ["1996", "1996-08-22", "the", "EU", "Anna", "(1)", "-"]] == [
         1, 2, 3, 4, 5, 6, 7]
+    # casing skips counting digits in a word of letters: no character is both
+    assert not any(c.isalpha() and c.isdigit() for c in map(chr, range(0x110000)))
     torch.manual_seed(0)
     cnn = CharCNN(10, 4, 6, 3)
     word = torch.tensor([[3, 4, 5]])
@@ -140,6 +142,19 @@ def test_overfits_and_reloads_with_identical_predictions(ner_run):
     assert predictor.predict([tokens[3], []]) == [gold[3], []]
     with pytest.raises(TypeError, match="list of texts"):
         predictor.predict("Flights from Oslo")
+
+
+def test_a_token_holding_whitespace_is_one_unknown_word(ner_run):
+    """Tokens given as lists may hold spaces; each still gets exactly one word id, so the
+    features of the tokens after it stay theirs."""
+    predictor = nlpseq.load(ner_run.run_dir)
+    plain = predictor._featurize(["", "Oslo", "Quito"])
+    spaced = predictor._featurize(["", "New York", "Oslo", "Quito"])
+    assert spaced["ids"].tolist() == [0, 1, *plain["ids"][1:].tolist()]
+    width = plain["chars"].shape[1]
+    assert torch.equal(spaced["chars"][2:, :width], plain["chars"][1:])
+    assert spaced["char_lengths"].tolist() == [0, 8, 4, 5]
+    assert len(predictor.predict([["Flights", "New York", "Oslo"]])[0]) == 3
 
 
 def test_unknown_words_and_characters_do_not_crash(ner_run):

@@ -107,7 +107,7 @@ def test_ptb_bracket_escapes_read_as_brackets():
     assert tok.encode("-lrb- a -rrb-") == tok.encode("( a )")
     # Only whole tokens: a hyphenated word that contains an escape stays one word.
     assert tok.tokens("x-lrb-y") == ["<unk>"]
-    assert tok.encode_words([["-LRB-", "a"]]) == [tok.encode("( a")]
+    assert tok.encode_words(["-LRB-", "a"]) == tok.encode("( a")
     off = TextTokenizer.train(["a ( b )"], TokenizerConfig(ptb_brackets=False))
     assert off.tokens("-lrb- a") == ["<unk>", "a"]
 
@@ -135,3 +135,26 @@ def test_word_level_python_encoding_matches_rust(options):
     extended = tokenizer.extended(["zero", "unseen", "("])
     assert extended._plan is not None
     assert extended.encode_batch(texts) == [extended.encode(text) for text in texts]
+
+
+def test_encode_words_gives_one_id_per_word():
+    tok = TextTokenizer.train(["new york is big"], TokenizerConfig(lowercase=True))
+    unk = tok.token_to_id("<unk>")
+    # a word holding whitespace, an empty one or a special token's string glued to a word
+    # would be several tokens or none: <unk>, so the ids of the others stay in place
+    words = ["New", "New York", "", "is<pad>", "<pad>", "big", "new\u3000york", "York"]
+    assert tok.encode_words(words) == [tok.token_to_id("new"), unk, unk, unk, 0,
+                                       tok.token_to_id("big"), unk, tok.token_to_id("york")]
+
+
+def test_char_level_python_encoding_matches_rust():
+    """encode_batch's Python path for character tokenizers gives the Rust tokenizer's ids."""
+    texts = TRICKY + ["".join(map(chr, range(start, start + 512)))
+                      for start in range(0, 0x3000, 512)] + ["\U0001f600 emoji", "a\ud7ffb"]
+    config = TokenizerConfig(kind="char", min_frequency=1)
+    tokenizer = TextTokenizer.train([text for text in TRICKY if "<" not in text], config)
+    assert type(tokenizer._plan).__name__ == "_CharLevelPlan"
+    assert tokenizer.encode_batch(texts) == [tokenizer.encode(text) for text in texts]
+    assert tokenizer.encode_batch(["<unk>"]) == [[1]]  # a special token's string is one token
+    lowered = TextTokenizer.train(["ab"], TokenizerConfig(kind="char", lowercase=True))
+    assert lowered._plan is None  # a normaliser: the Rust tokenizer encodes

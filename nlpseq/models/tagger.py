@@ -60,7 +60,9 @@ CASINGS = ("<pad>", "numeric", "mainly_numeric", "lower", "upper", "title", "has
 
 def casing(token: str) -> int:
     """Casing class id of a token (see :data:`CASINGS`)."""
-    digits = sum(c.isdigit() for c in token)
+    # no letter is also a digit (checked over all of Unicode in the tests): a word of
+    # letters skips the count
+    digits = 0 if token.isalpha() else sum(c.isdigit() for c in token)
     if token.isdigit():
         return 1
     if digits / max(len(token), 1) > 0.5:

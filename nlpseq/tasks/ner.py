@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,10 +31,12 @@ from nlpseq.embeddings import (
 from nlpseq.errors import NlpseqError
 from nlpseq.models.tagger import SequenceTagger, TaggerBatch, TaggerConfig, casing
 from nlpseq.tagschemes import (
+    Span,
     SpanF1,
     allowed_transitions,
     convert_tags,
     scheme_tags,
+    spans_to_tags,
     split_tag,
     tags_to_spans,
     validate_tag,
@@ -162,19 +165,18 @@ class NerTask(Task):
     # --- features of distinct token strings ---------------------------------------------
     def _featurize(self, types: list[str]) -> dict[str, torch.Tensor]:
         """Per-distinct-token features; ``types[0]`` is the padding type."""
-        ids = self.tokenizer.encode_words([types[1:]])[0] if len(types) > 1 else []
-        chars = self.char_tokenizer.encode_batch([t[:MAX_WORD_CHARS] for t in types[1:]])
-        char_lengths = torch.tensor([0] + [len(c) for c in chars], dtype=torch.long)
-        width = max(int(char_lengths.max()), 1)
-        # one tensor from padded rows: far faster than filling row by row
-        char_matrix = torch.tensor(
-            [[0] * width] + [c + [0] * (width - len(c)) for c in chars], dtype=torch.long
-        )
+        words = types[1:]
+        chars = self.char_tokenizer.encode_batch([t[:MAX_WORD_CHARS] for t in words])
+        lengths = np.array([0, *map(len, chars)], dtype=np.int64)
+        # the rows filled from one flat array through a mask: far faster than row by row
+        matrix = np.zeros((len(types), max(int(lengths.max()), 1)), dtype=np.int64)
+        matrix[np.arange(matrix.shape[1]) < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(chars), dtype=np.int64, count=int(lengths.sum()))
         return {
-            "ids": torch.tensor([0, *ids], dtype=torch.long),
-            "casing": torch.tensor([0] + [casing(t) for t in types[1:]], dtype=torch.long),
-            "chars": char_matrix,
-            "char_lengths": char_lengths,
+            "ids": torch.tensor([0, *self.tokenizer.encode_words(words)], dtype=torch.long),
+            "casing": torch.tensor([0, *map(casing, words)], dtype=torch.long),
+            "chars": torch.from_numpy(matrix),
+            "char_lengths": torch.from_numpy(lengths),
         }
 
     def _table(self, data: TaggedData, with_tags: bool = True) -> TokenTable:
@@ -252,19 +254,24 @@ class NerTask(Task):
 
     # --- decoding and scoring -------------------------------------------------------------
     @torch.no_grad()
-    def _decode(self, model: nn.Module, table: TokenTable) -> list[list[str]]:
-        """Predicted tags of every sentence of ``table``, in the data scheme, input order."""
+    def _decode_spans(self, model: nn.Module, table: TokenTable) -> list[list[Span]]:
+        """Predicted entity spans of every sentence of ``table``, input order."""
         model.eval()
-        out: list[list[str]] = [[] for _ in range(len(table))]
+        labels, scheme = self.tags.labels, self.train_scheme
+        out: list[list[Span]] = [[] for _ in range(len(table))]
         for indices in bucket_batches(
             table.lengths.tolist(), self.config.eval.batch_size, shuffle=False,
             max_tokens=self.config.eval.max_tokens,
         ):
             batch = table.collate(indices).to(self.device)
             for index, path in zip(indices, model.decode(batch)):
-                tags = [self.tags.labels[i] for i in path]
-                out[index] = convert_tags(tags, self.train_scheme, self.data_scheme)
+                out[index] = tags_to_spans([labels[i] for i in path], scheme)
         return out
+
+    def _decode(self, model: nn.Module, table: TokenTable) -> list[list[str]]:
+        """Predicted tags of every sentence of ``table``, in the data scheme, input order."""
+        return [spans_to_tags(spans, length, self.data_scheme) for spans, length
+                in zip(self._decode_spans(model, table), table.lengths.tolist())]
 
     def _scores(self, model: nn.Module, parts: Iterable[tuple[TaggedData, TokenTable]]
                 ) -> dict[str, Any]:
@@ -309,23 +316,18 @@ class NerTask(Task):
         or a string split on whitespace."""
         tokens = [s.split() if isinstance(s, str) else list(s)
                   for s in text_list(sentences, "predict")]
-        tags = self._predict_tokens(tokens)
+        found = self._predict_spans(tokens)
         if not spans:
-            return tags
-        return [
-            [
-                {"type": kind, "start": start, "end": end, "text": " ".join(words[start:end])}
-                for kind, start, end in tags_to_spans(row, self.data_scheme)
-            ]
-            for words, row in zip(tokens, tags)
-        ]
+            return [spans_to_tags(row, len(words), self.data_scheme)
+                    for words, row in zip(tokens, found)]
+        return [_span_records(words, row) for words, row in zip(tokens, found)]
 
-    def _predict_tokens(self, tokens: list[list[str]]) -> list[list[str]]:
+    def _predict_spans(self, tokens: list[list[str]]) -> list[list[Span]]:
         present = [i for i, s in enumerate(tokens) if s]
-        out: list[list[str]] = [[] for _ in tokens]
+        out: list[list[Span]] = [[] for _ in tokens]
         if present:
             data = TaggedData([tokens[i] for i in present], None, present, "<input>")
-            for i, row in zip(present, self._decode(self.model, self._table(data, False))):
+            for i, row in zip(present, self._decode_spans(self.model, self._table(data, False))):
                 out[i] = row
         return out
 
@@ -358,15 +360,10 @@ class NerTask(Task):
 
     def predict_records(self, items: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
         """Tokens, tags in the item's scheme and entity spans (token offsets, end exclusive)."""
-        sentences = [tokens for tokens, _ in items]
-        records = []
-        for (words, scheme), tags in zip(items, self._predict_tokens(sentences)):
-            spans = [{"text": " ".join(words[start:end]), "type": kind, "start": start,
-                      "end": end} for kind, start, end in tags_to_spans(tags, self.data_scheme)]
-            if scheme != self.data_scheme:  # _decode's tags are well formed in the data's
-                tags = convert_tags(tags, self.data_scheme, scheme)
-            records.append({"tokens": words, "tags": tags, "spans": spans})
-        return records
+        found = self._predict_spans([tokens for tokens, _ in items])
+        return [{"tokens": words, "tags": spans_to_tags(row, len(words), scheme),
+                 "spans": _span_records(words, row)}
+                for (words, scheme), row in zip(items, found)]
 
     def format_output(self, result: dict[str, Any], as_json: bool) -> str:
         """``token<TAB>tag`` lines and a blank line after the sentence, or one JSON object."""
@@ -374,3 +371,9 @@ class NerTask(Task):
             return json.dumps(result, ensure_ascii=False)
         return "\n".join([*(f"{w}\t{t}" for w, t in zip(result["tokens"], result["tags"])),
                           ""])
+
+
+def _span_records(words: list[str], spans: list[Span]) -> list[dict[str, Any]]:
+    """Entities as ``{"text", "type", "start", "end"}`` (token offsets, end exclusive)."""
+    return [{"text": " ".join(words[start:end]), "type": kind, "start": start, "end": end}
+            for kind, start, end in spans]
