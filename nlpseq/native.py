@@ -271,14 +271,17 @@ class _LSTMLayer(torch.autograd.Function):
 
 
 def _run_layer(rnn: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
-               h0: torch.Tensor | None, c0: torch.Tensor | None):
+               h0: torch.Tensor | None, c0: torch.Tensor | None,
+               replace: dict[str, torch.Tensor] | None = None):
     if not load():
         raise RuntimeError("nlpseq's native LSTM kernel is not available here")
     if any(s is not None and s.requires_grad for s in (h0, c0)):
         raise ValueError("the native LSTM layer gives initial states no gradient: detach them")
     suffixes = ["", "_reverse"][: 2 if rnn.bidirectional else 1]
-    weights = [getattr(rnn, f"{name}_l0{suffix}") for suffix in suffixes
-               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    names = [f"{name}_l0{suffix}" for suffix in suffixes
+             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    replace = replace or {}
+    weights = [replace[n] if n in replace else getattr(rnn, n) for n in names]
     # Without a backward pass to come (inference, evaluation) the kernel keeps nothing of the
     # steps: what it would save is several times the size of the output.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
@@ -300,12 +303,15 @@ def lstm_layer(
 
 
 def lstm_stateful(
-    rnn: torch.nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
+    rnn: torch.nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None,
+    replace: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``rnn(x, state)`` for a one-layer, batch-first ``nn.LSTM`` on unpadded ``x`` (B, T, I),
     as a stateful language model calls it: ``state`` (h0, c0), each (D, B, H), carried from
-    the previous window and detached (it gets no gradient), or None for zeros. Returns the
-    outputs (B, T, D*H) and (h_n, c_n), each (D, B, H); c_n carries no gradient."""
+    the previous window and detached (it gets no gradient), or None for zeros. ``replace``
+    maps parameter names (``weight_hh_l0``) to tensors used in their place, as
+    ``torch.func.functional_call`` would. Returns the outputs (B, T, D*H) and (h_n, c_n),
+    each (D, B, H); c_n carries no gradient."""
     batch, steps = x.shape[:2]
     directions = 2 if rnn.bidirectional else 1
 
@@ -317,5 +323,5 @@ def lstm_stateful(
 
     h0, c0 = (flat(state[0]), flat(state[1])) if state is not None else (None, None)
     lengths = torch.full((batch,), steps, dtype=torch.long)
-    out, h_n, c_n = _run_layer(rnn, x, lengths, h0, c0)
+    out, h_n, c_n = _run_layer(rnn, x, lengths, h0, c0, replace)
     return out, (unflat(h_n), unflat(c_n))

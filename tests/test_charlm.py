@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -224,7 +225,56 @@ def test_native_kernel_and_torch_give_the_same_windows_and_gradients(monkeypatch
     with_kernel = run()
     monkeypatch.setitem(native._state, "ok", False)
     with_torch = run()
+    _assert_same_run(with_kernel, with_torch)
+
+
+def _assert_same_run(with_kernel, with_torch):
     assert with_kernel[0] == pytest.approx(with_torch[0], rel=1e-5)
     torch.testing.assert_close(with_kernel[1], with_torch[1], atol=1e-5, rtol=0)
     for got, want in zip(with_kernel[2], with_torch[2]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.native
+def test_weight_drop_in_the_kernel_equals_torch_with_the_same_masks(monkeypatch):
+    """Weight drop through nlpseq's LSTM kernel and through nn.LSTM (functional_call), the
+    same masks drawn: same losses, states and gradients; the dropped connections get no
+    gradient."""
+    from nlpseq import native
+
+    windows = lm_windows(torch.arange(200) % 11, batch_size=3, seq_len=9)[:2]
+
+    def run() -> tuple[list[float], torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(5)
+        model = tiny_model(dropout=0.0, weight_drop=0.5)
+        model.train()
+        losses, carry = [], None
+        for batch in windows[:1]:
+            loss, _, carry = model(batch, carry)
+            losses.append(float(loss.detach()))
+        loss.backward()
+        return losses, carry[1], [p.grad for p in model.parameters()]
+
+    with_kernel = run()
+    monkeypatch.setitem(native._state, "ok", False)
+    with_torch = run()
+    _assert_same_run(with_kernel, with_torch)
+    for grad in (with_torch[2][2], with_torch[2][6]):  # the two layers' weight_hh_l0
+        assert grad.shape == (64, 16)
+        assert 0.3 < float((grad == 0).float().mean()) < 0.7  # about half dropped
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weight_drop_changes_training_only(cell):
+    batch = lm_windows(torch.arange(60) % 11, batch_size=2, seq_len=8)[0]
+    torch.manual_seed(0)
+    plain = tiny_model(cell=cell)
+    dropping = CharLM(dataclasses.replace(plain.config, weight_drop=0.5), 11)
+    dropping.load_state_dict(plain.state_dict())
+    for model in (plain, dropping):
+        model.eval()
+    with torch.no_grad():
+        assert float(plain(batch)[0]) == float(dropping(batch)[0])
+        plain.train()
+        dropping.train()
+        assert float(plain(batch)[0]) != float(dropping(batch)[0])

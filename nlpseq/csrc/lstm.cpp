@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <dlfcn.h>
@@ -362,6 +363,15 @@ inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T 
 // h0, c0: (B, D*H) initial states, or null for zeros.
 // save: keep xh, acts and cells for the backward pass; without it (inference) each step
 // works in buffers of one step, and xh, acts and cells are left unwritten.
+// The first and one past the last row active at step t (t < length). In a batch sorted by
+// length, as nlpseq's are, every row between them is active too.
+std::pair<int64_t, int64_t> active_rows(const int64_t* lengths, int64_t B, int64_t t) {
+  int64_t lo = 0, hi = B;
+  while (lo < hi && t >= lengths[lo]) ++lo;
+  while (hi > lo && t >= lengths[hi - 1]) --hi;
+  return {lo, hi};
+}
+
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
                        const at::Tensor& b_hh, const float* h0, const float* c0, bool bf16,
@@ -421,11 +431,17 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
       if (!save) std::copy(xsrc + (b * T + t) * I, xsrc + (b * T + t + 1) * I, xt + b * rstride);
       std::copy(hp + b * DH, hp + b * DH + H, xt + b * rstride + I);
     }
-    if (bf16) {
-      round_rows(xt, B, K, rstride, xh16.data());
-      gemm16(false, true, B, G, K, xh16.data(), K, w16.data(), K, rec.data(), G);  // (B, 4H)
-    } else {
-      gemm(false, true, B, G, K, xt, rstride, wp, K, rec.data(), G);  // (B, 4H)
+    // The product covers rows lo..hi-1, the first and last active ones: in a batch sorted
+    // by length (as nlpseq's batches are) the rows that have finished, or in the backward
+    // direction not yet started, lie at one end and cost nothing.
+    const auto [lo, hi] = active_rows(lengths, B, t);
+    if (hi > lo && bf16) {
+      round_rows(xt + lo * rstride, hi - lo, K, rstride, xh16.data());
+      gemm16(false, true, hi - lo, G, K, xh16.data(), K, w16.data(), K, rec.data() + lo * G,
+             G);  // (hi - lo, 4H)
+    } else if (hi > lo) {
+      gemm(false, true, hi - lo, G, K, xt + lo * rstride, rstride, wp, K, rec.data() + lo * G,
+           G);  // (hi - lo, 4H)
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
@@ -493,11 +509,15 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
       cell_backward(H, ap + row * G, sp + row * H, cprev, gp ? gp + row * DH : zeros.data(),
                     dhp + b * H, dcp + b * H, dp + row * G, dbp);
     }
-    if (bf16) {
-      round_rows(dp + t * G, B, G, T * G, step16.data());
-      gemm16(false, false, B, H, G, step16.data(), G, w16.data() + I, K, dhs.data(), H);
-    } else {
-      gemm(false, false, B, H, G, dp + t * G, T * G, wp + I, K, dhs.data(), H);  // (B, H)
+    // rows lo..hi-1 as in the forward pass: the others' products would be discarded
+    const auto [lo, hi] = active_rows(lengths, B, t);
+    if (hi > lo && bf16) {
+      round_rows(dp + (lo * T + t) * G, hi - lo, G, T * G, step16.data());
+      gemm16(false, false, hi - lo, H, G, step16.data(), G, w16.data() + I, K,
+             dhs.data() + lo * H, H);
+    } else if (hi > lo) {
+      gemm(false, false, hi - lo, H, G, dp + (lo * T + t) * G, T * G, wp + I, K,
+           dhs.data() + lo * H, H);  // (hi - lo, H)
     }
     // A row at padding keeps what it carries: a forward-direction row that has not reached
     // its end yet holds its final state's gradient.

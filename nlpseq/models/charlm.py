@@ -36,6 +36,9 @@ class CharLMConfig:
     layers: int = key(2, low=1, help="stacked recurrent layers")
     dropout: float = key(0.0, low=0, high=1, high_open=True,
                          help="locked (variational) dropout after each recurrent layer")
+    weight_drop: float = key(0.0, low=0, high=1, high_open=True,
+                             help="DropConnect on each recurrent layer's hidden-to-hidden "
+                             "weights, one mask per window (AWD-LSTM's weight drop)")
     tie_weights: bool = key(False, help="the output layer shares the embedding matrix")
     seq_len: int = key(100, low=1, help="characters per truncated-BPTT window")
     bf16: bool = key(False, help="bfloat16 autocast inside the model, on CPU too (fast only "
@@ -139,8 +142,11 @@ class CharLM(nn.Module):
                     layer_state = (state[0][i : i + 1], state[1][i : i + 1])
                 else:
                     layer_state = state[i : i + 1]
+            replace = self._dropped_weights(rnn)
             if self._native(rnn, x, layer_state):
-                x, final = native.lstm_stateful(rnn, x, layer_state)  # (B, T, H)
+                x, final = native.lstm_stateful(rnn, x, layer_state, replace)  # (B, T, H)
+            elif replace:
+                x, final = torch.func.functional_call(rnn, replace, (x, layer_state))
             else:
                 x, final = rnn(x, layer_state)  # (B, T, H)
             x = locked_dropout(x, self.dropout, self.training)
@@ -148,6 +154,15 @@ class CharLM(nn.Module):
         if self.cell == "lstm":
             return x, (torch.cat([h for h, _ in finals]), torch.cat([c for _, c in finals]))
         return x, torch.cat(finals)  # type: ignore[arg-type]
+
+    def _dropped_weights(self, rnn: nn.Module) -> dict[str, Tensor]:
+        """Weight drop: the hidden-to-hidden matrix with units' connections dropped, one mask
+        for every lane and step of the window, so the recurrence itself is regularised
+        (Merity et al., 2018); nothing outside training."""
+        p = self.config.weight_drop
+        if not self.training or p == 0.0:
+            return {}
+        return {"weight_hh_l0": F.dropout(rnn.weight_hh_l0, p, True)}
 
     @staticmethod
     def _native(rnn: nn.Module, x: Tensor, state: HiddenState | None) -> bool:
