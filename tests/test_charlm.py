@@ -204,16 +204,15 @@ def test_bf16_forward_is_close_to_float32_and_keeps_float32_weights(monkeypatch)
 
 
 
-@pytest.mark.native
-def test_native_kernel_and_torch_give_the_same_windows_and_gradients(monkeypatch):
-    """Two carried windows through nlpseq's LSTM kernel and through nn.LSTM: same losses,
-    states and weight gradients."""
+def _kernel_and_torch_runs(monkeypatch, **options):
+    """Two carried windows through a tiny model with nlpseq's LSTM kernel, then without it
+    (nn.LSTM): each run's losses, final cell state and parameter gradients."""
     from nlpseq import native
 
     windows = lm_windows(torch.arange(200) % 11, batch_size=3, seq_len=9)[:2]
 
     def run() -> tuple[list[float], torch.Tensor, list[torch.Tensor]]:
-        model = tiny_model(dropout=0.0)
+        model = tiny_model(dropout=0.0, **options)  # seeds: both runs draw the same masks
         model.train()
         losses, carry = [], None
         for batch in windows:
@@ -225,14 +224,17 @@ def test_native_kernel_and_torch_give_the_same_windows_and_gradients(monkeypatch
     with_kernel = run()
     monkeypatch.setitem(native._state, "ok", False)
     with_torch = run()
-    _assert_same_run(with_kernel, with_torch)
-
-
-def _assert_same_run(with_kernel, with_torch):
     assert with_kernel[0] == pytest.approx(with_torch[0], rel=1e-5)
     torch.testing.assert_close(with_kernel[1], with_torch[1], atol=1e-5, rtol=0)
     for got, want in zip(with_kernel[2], with_torch[2]):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    return with_torch
+
+
+@pytest.mark.native
+def test_native_kernel_and_torch_give_the_same_windows_and_gradients(monkeypatch):
+    """Same losses, states and weight gradients through nlpseq's kernel and nn.LSTM."""
+    _kernel_and_torch_runs(monkeypatch)
 
 
 @pytest.mark.native
@@ -240,26 +242,8 @@ def test_weight_drop_in_the_kernel_equals_torch_with_the_same_masks(monkeypatch)
     """Weight drop through nlpseq's LSTM kernel and through nn.LSTM (functional_call), the
     same masks drawn: same losses, states and gradients; the dropped connections get no
     gradient."""
-    from nlpseq import native
-
-    windows = lm_windows(torch.arange(200) % 11, batch_size=3, seq_len=9)[:2]
-
-    def run() -> tuple[list[float], torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(5)
-        model = tiny_model(dropout=0.0, weight_drop=0.5)
-        model.train()
-        losses, carry = [], None
-        for batch in windows[:1]:
-            loss, _, carry = model(batch, carry)
-            losses.append(float(loss.detach()))
-        loss.backward()
-        return losses, carry[1], [p.grad for p in model.parameters()]
-
-    with_kernel = run()
-    monkeypatch.setitem(native._state, "ok", False)
-    with_torch = run()
-    _assert_same_run(with_kernel, with_torch)
-    for grad in (with_torch[2][2], with_torch[2][6]):  # the two layers' weight_hh_l0
+    grads = _kernel_and_torch_runs(monkeypatch, weight_drop=0.5)[2]
+    for grad in (grads[2], grads[6]):  # the two layers' weight_hh_l0
         assert grad.shape == (64, 16)
         assert 0.3 < float((grad == 0).float().mean()) < 0.7  # about half dropped
 
