@@ -3,6 +3,7 @@ budgeted training of each benchmark pipeline, the two revisions alternating in e
 that a shared machine's drift reaches both alike; medians over the rounds.
 
     python scripts/compare_revisions.py OLD_REV [NEW_REV] [--seconds 45] [--rounds 2]
+        [--pipelines NAME ...]
 
 NEW_REV defaults to the working tree. Each revision runs from its own git worktree (through
 PYTHONPATH, with this environment's packages); the pipelines are those both revisions ship.
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("new", nargs="?", default="")
     parser.add_argument("--seconds", type=float, default=45.0, help="training budget per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pipelines", nargs="+", choices=sorted(PIPELINES),
+                        default=list(PIPELINES), help="these pipelines only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -73,7 +76,7 @@ def main() -> None:
 
 
 def run(sides: dict[str, Path], args: argparse.Namespace, tmp: Path) -> None:
-    shipped = [p for p in PIPELINES
+    shipped = [p for p in args.pipelines
                if all((path / "pipelines" / f"{p}.yaml").is_file() for path in sides.values())]
     speeds: dict[tuple[str, str], list[float]] = {}
     bench: dict[str, list[dict]] = {side: [] for side in sides}
