@@ -356,13 +356,6 @@ inline Task task_at(int64_t k, int64_t D, int64_t P, int64_t B) {
 // Step t of direction d at position s of its own order (right to left for d = 1).
 inline int64_t step_at(int64_t d, int64_t s, int64_t T) { return d == 0 ? s : T - 1 - s; }
 
-// Each step is one product [x_t h] (B, I+H) times [W_ih W_hh]^T: one well-shaped matrix
-// product instead of a tall input projection plus a thin recurrent one, and its operand
-// `xh` (the input and the state each step started from) is kept, so the backward pass gets
-// the weight gradient in one product too.
-// h0, c0: (B, D*H) initial states, or null for zeros.
-// save: keep xh, acts and cells for the backward pass; without it (inference) each step
-// works in buffers of one step, and xh, acts and cells are left unwritten.
 // The first and one past the last row active at step t (t < length). In a batch sorted by
 // length, as nlpseq's are, every row between them is active too.
 std::pair<int64_t, int64_t> active_rows(const int64_t* lengths, int64_t B, int64_t t) {
@@ -372,6 +365,13 @@ std::pair<int64_t, int64_t> active_rows(const int64_t* lengths, int64_t B, int64
   return {lo, hi};
 }
 
+// Each step is one product [x_t h] (B, I+H) times [W_ih W_hh]^T: one well-shaped matrix
+// product instead of a tall input projection plus a thin recurrent one, and its operand
+// `xh` (the input and the state each step started from) is kept, so the backward pass gets
+// the weight gradient in one product too.
+// h0, c0: (B, D*H) initial states, or null for zeros.
+// save: keep xh, acts and cells for the backward pass; without it (inference) each step
+// works in buffers of one step, and xh, acts and cells are left unwritten.
 void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const at::Tensor& x,
                        const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b_ih,
                        const at::Tensor& b_hh, const float* h0, const float* c0, bool bf16,
