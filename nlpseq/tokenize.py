@@ -95,9 +95,9 @@ class _WordLevelPlan:
         return "ptb" if _PTB_PATTERNS.get(pattern) == step["content"] else None
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer) -> _WordLevelPlan | None:
-        """The plan for ``tokenizer``, or None where it is not one nlpseq's word kind writes."""
-        spec = json.loads(tokenizer.to_str())
+    def of(cls, spec: dict, tokenizer: Tokenizer) -> _WordLevelPlan | None:
+        """The plan for ``tokenizer`` (``spec``: its JSON, parsed), or None where it is not
+        one nlpseq's word kind writes."""
         try:
             if (spec["model"]["type"] != "WordLevel" or spec["post_processor"] is not None
                     or spec["pre_tokenizer"] != {"type": "WhitespaceSplit"}
@@ -134,9 +134,9 @@ class _CharLevelPlan:
         self.vocab = vocab
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer) -> _CharLevelPlan | None:
-        """The plan for ``tokenizer``, or None where it is not one nlpseq's char kind writes."""
-        spec = json.loads(tokenizer.to_str())
+    def of(cls, spec: dict, tokenizer: Tokenizer) -> _CharLevelPlan | None:
+        """The plan for ``tokenizer`` (``spec``: its JSON, parsed), or None where it is not
+        one nlpseq's char kind writes."""
         split = {"type": "Split", "pattern": {"Regex": CHAR_SPLIT}, "behavior": "Isolated",
                  "invert": False}
         if (spec["model"]["type"] != "WordLevel" or spec["normalizer"] is not None
@@ -166,7 +166,8 @@ class TextTokenizer:
     @functools.cached_property
     def _plan(self) -> _WordLevelPlan | _CharLevelPlan | None:
         # Built on first batch encoding, not at load: it serialises the whole vocabulary.
-        return _WordLevelPlan.of(self.tokenizer) or _CharLevelPlan.of(self.tokenizer)
+        spec = json.loads(self.tokenizer.to_str())
+        return _WordLevelPlan.of(spec, self.tokenizer) or _CharLevelPlan.of(spec, self.tokenizer)
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:

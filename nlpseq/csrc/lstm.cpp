@@ -435,13 +435,12 @@ void forward_direction(int64_t d, const Shape& n, const int64_t* lengths, const 
     // by length (as nlpseq's batches are) the rows that have finished, or in the backward
     // direction not yet started, lie at one end and cost nothing.
     const auto [lo, hi] = active_rows(lengths, B, t);
-    if (hi > lo && bf16) {
-      round_rows(xt + lo * rstride, hi - lo, K, rstride, xh16.data());
-      gemm16(false, true, hi - lo, G, K, xh16.data(), K, w16.data(), K, rec.data() + lo * G,
-             G);  // (hi - lo, 4H)
-    } else if (hi > lo) {
-      gemm(false, true, hi - lo, G, K, xt + lo * rstride, rstride, wp, K, rec.data() + lo * G,
-           G);  // (hi - lo, 4H)
+    const int64_t m = hi - lo;  // product (m, 4H) into rows lo..hi-1 of rec
+    if (m > 0 && bf16) {
+      round_rows(xt + lo * rstride, m, K, rstride, xh16.data());
+      gemm16(false, true, m, G, K, xh16.data(), K, w16.data(), K, rec.data() + lo * G, G);
+    } else if (m > 0) {
+      gemm(false, true, m, G, K, xt + lo * rstride, rstride, wp, K, rec.data() + lo * G, G);
     }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * T + t;
@@ -511,13 +510,13 @@ void backward_direction(int64_t d, const Shape& n, const int64_t* lengths,
     }
     // rows lo..hi-1 as in the forward pass: the others' products would be discarded
     const auto [lo, hi] = active_rows(lengths, B, t);
-    if (hi > lo && bf16) {
-      round_rows(dp + (lo * T + t) * G, hi - lo, G, T * G, step16.data());
-      gemm16(false, false, hi - lo, H, G, step16.data(), G, w16.data() + I, K,
-             dhs.data() + lo * H, H);
-    } else if (hi > lo) {
-      gemm(false, false, hi - lo, H, G, dp + (lo * T + t) * G, T * G, wp + I, K,
-           dhs.data() + lo * H, H);  // (hi - lo, H)
+    const int64_t m = hi - lo;  // product (m, H) into rows lo..hi-1 of dhs
+    const float* dgt = dp + (lo * T + t) * G;
+    if (m > 0 && bf16) {
+      round_rows(dgt, m, G, T * G, step16.data());
+      gemm16(false, false, m, H, G, step16.data(), G, w16.data() + I, K, dhs.data() + lo * H, H);
+    } else if (m > 0) {
+      gemm(false, false, m, H, G, dgt, T * G, wp + I, K, dhs.data() + lo * H, H);
     }
     // A row at padding keeps what it carries: a forward-direction row that has not reached
     // its end yet holds its final state's gradient.
