@@ -71,16 +71,22 @@ def train(pipeline: str, out_dir: str, overrides: tuple[str, ...], quiet: bool) 
                    "matrix (sentiment).")
 @click.option("--beam", type=click.IntRange(min=1, max=1000), default=None,
               help="Translation runs: beam size; 1 is greedy [default: the run's eval.beam].")
+@click.option("--dynamic-lr", type=click.FloatRange(min=0), default=None,
+              help="Character LM runs: adapt the model to the text while scoring it, one SGD "
+                   "step of this size per window; 0 keeps the weights fixed [default: the "
+                   "run's eval.dynamic_lr].")
 @_backend_option
 def evaluate(run_dir: str, data_files: tuple[str, ...], as_json: bool, device: str,
-             plot_file: str | None, beam: int | None, backend: str) -> None:
+             plot_file: str | None, beam: int | None, dynamic_lr: float | None,
+             backend: str) -> None:
     """Score RUN_DIR's model on DATA_FILES (translation: SOURCE REFERENCE)."""
     import nlpseq
 
     task = nlpseq.load(run_dir, device, backend)
-    options = {"beam": beam} if beam is not None else {}
+    given = {"beam": beam, "dynamic_lr": dynamic_lr}
+    options = {name: value for name, value in given.items() if value is not None}
     if options:
-        task.check_options(options)
+        task.check_options(options, evaluating=True)
     if plot_file:  # checked before scoring, so a wrong option does not cost the evaluation
         from nlpseq.plot import check_plot_target
 

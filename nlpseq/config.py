@@ -181,6 +181,13 @@ class EvalConfig:
     beam: int = key(5, low=1, high=1000, help="beam size of evaluate and translate (1 = "
                     "greedy; at most nlpseq.decoding.MAX_BEAM)",
                     tasks=_TRANSLATE)
+    dynamic_lr: float = key(0.0, low=0, help="`evaluate` adapts the model to the text as it "
+                            "scores it, read as one stream: one SGD step of this size after "
+                            "each window of eval.dynamic_window characters (dynamic "
+                            "evaluation); 0 keeps the weights fixed. Training's dev figures "
+                            "always keep them fixed", tasks=_CHARGEN)
+    dynamic_window: int = key(50, low=1, help="characters scored before each adaptation step "
+                              "of dynamic evaluation", tasks=_CHARGEN)
 
 
 @dataclass(frozen=True)

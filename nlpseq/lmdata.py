@@ -109,6 +109,7 @@ def evaluate_stream(
     seq_len: int,
     device: torch.device | str = "cpu",
     context: int = 0,
+    adapt_lr: float = 0.0,
 ) -> dict[str, float | int]:
     """Summed loss over every target of a stream with a stateful LM (forward(batch, carry)).
 
@@ -117,6 +118,11 @@ def evaluate_stream(
     before its first scored one (see :func:`make_lanes`). Lanes are reduced so that each scores
     at least ``context`` tokens. Metrics come from the total loss over all tokens, never from a
     mean of window means.
+
+    With ``adapt_lr`` > 0 this is dynamic evaluation (Krause et al., 2018): after a window is
+    scored, one SGD step of that size on its mean loss adapts the model to the text read so
+    far, so each target is still predicted before the model has seen it. The model's
+    weights are restored afterwards.
     """
     n_targets = len(stream) - 1
     if context > 0:
@@ -126,12 +132,38 @@ def evaluate_stream(
     if hasattr(model, "eval"):
         model.eval()
     counts, carry = LossCounts(bits_key="bpc", count_key="n_chars"), None
+    adaptation = _Adaptation(model, adapt_lr) if adapt_lr > 0 else None
     try:
-        with torch.no_grad():
+        with torch.enable_grad() if adaptation else torch.no_grad():
             for batch in iter_windows(stream, batch_size, seq_len, context=context):
                 window_loss, window_count, carry = model(batch.to(device), carry)
-                counts.add(float(window_loss), window_count)
+                counts.add(float(window_loss.detach()), window_count)
+                if adaptation and window_count:
+                    adaptation.step(window_loss / window_count)
     finally:
+        if adaptation:
+            adaptation.restore()
         if was_training:
             model.train()
     return counts.result()
+
+
+class _Adaptation:
+    """Plain SGD on the model's weights while it reads a text, undone by :meth:`restore`."""
+
+    def __init__(self, model: Any, lr: float):
+        self.lr = lr
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.saved = [p.detach().clone() for p in self.params]
+
+    def step(self, loss: Tensor) -> None:
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(self.params, grads):
+                if grad is not None:
+                    param.sub_(grad, alpha=self.lr)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self.params, self.saved):
+                param.copy_(saved)

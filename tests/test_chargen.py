@@ -132,6 +132,42 @@ def test_cli_evaluate_json_sums_over_the_whole_file(run_dir, tmp_path):
     assert metrics["loss"] < 0.2
 
 
+def test_dynamic_evaluation_from_the_pipeline_key_and_the_cli(run_dir, tmp_path):
+    """eval.dynamic_lr adapts while scoring, as one stream of eval.dynamic_window windows;
+    --dynamic-lr overrides it (0: fixed weights) and the run's weights stay as they were."""
+    import dataclasses
+
+    from nlpseq.lmdata import evaluate_stream
+
+    text = VERSE.replace("bell", "belt") * 4  # a variant the model has not learnt
+    path = tmp_path / "eval.txt"
+    path.write_text(text, encoding="utf-8")
+    task = nlpseq.load(run_dir)
+    static = task.evaluate_files([str(path)])
+    config = task.config
+    task.config = dataclasses.replace(config, eval=dataclasses.replace(
+        config.eval, dynamic_lr=0.05, dynamic_window=20))
+    dynamic = task.evaluate_files([str(path)])
+    ids, _ = task.codec.encode(text)
+    assert dynamic == evaluate_stream(task.model, ids, 1, 20, adapt_lr=0.05)
+    assert dynamic["loss"] < static["loss"] and dynamic["n_chars"] == static["n_chars"]
+    assert task.evaluate_files([str(path)], dynamic_lr=0.0) == static
+
+    cli = json.loads(invoke("evaluate", run_dir, path, "--dynamic-lr", 0.05, "--json").stdout)
+    assert cli == evaluate_stream(task.model, ids, 1, config.eval.dynamic_window, adapt_lr=0.05)
+    assert json.loads(invoke("evaluate", run_dir, path, "--json").stdout) == static
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dynamic-lr", 0.1, "--backend", "int8"], "onnx and int8 backends cannot"),
+    (["--beam", 2], "option 'beam' does not apply to a chargen run"),
+])
+def test_cli_evaluate_bad_options_are_one_line_errors(run_dir, tmp_path, args, fragment):
+    path = tmp_path / "eval.txt"
+    path.write_text(VERSE, encoding="utf-8")
+    assert_one_line_error(invoke("evaluate", run_dir, path, *args), fragment)
+
+
 def test_evaluate_files_reads_in_pieces_with_the_figures_of_the_whole_text(
         run_dir, tmp_path, monkeypatch):
     """Read a few bytes at a time and held as one byte a character, a file gives exactly the

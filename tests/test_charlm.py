@@ -104,6 +104,46 @@ def test_stateful_windows_equal_one_pass_per_lane(cell):
     assert metrics["loss"] == pytest.approx(float(expected) / 60, rel=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dynamic_evaluation_equals_scoring_then_sgd_by_hand(cell):
+    """Each window is scored by the weights adapted to every window before it, never to
+    itself; the model's weights are as before afterwards."""
+    model = tiny_model(cell).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stream = torch.randint(0, 11, (23,), generator=torch.Generator().manual_seed(1))
+    metrics = evaluate_stream(model, stream, batch_size=1, seq_len=5, adapt_lr=0.5)
+    reference = tiny_model(cell)
+    total, state = 0.0, None
+    for start in range(0, 22, 5):
+        piece = stream[start : start + 6]  # five inputs and their next characters
+        logits, state = reference.logits(piece[:-1].unsqueeze(0), state)
+        loss = F.cross_entropy(logits[0], piece[1:], reduction="sum")
+        total += float(loss)
+        reference.zero_grad()
+        (loss / (len(piece) - 1)).backward()
+        with torch.no_grad():
+            for param in reference.parameters():
+                param -= 0.5 * param.grad
+        state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
+    assert metrics["n_chars"] == 22
+    assert metrics["loss"] == pytest.approx(total / 22, rel=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    static = evaluate_stream(model, stream, batch_size=1, seq_len=5)
+    assert static["loss"] != pytest.approx(metrics["loss"], rel=1e-3)
+
+
+def test_dynamic_evaluation_learns_a_repeated_text_and_stays_finite_on_noise():
+    model = tiny_model().eval()
+    phrase = torch.tensor([4, 5, 6, 7, 8, 4, 9, 10])
+    repeated = phrase.repeat(100)
+    static = evaluate_stream(model, repeated, batch_size=1, seq_len=8)
+    adapted = evaluate_stream(model, repeated, batch_size=1, seq_len=8, adapt_lr=2.0)
+    assert adapted["loss"] < 0.5 * static["loss"]
+    # the special ids (never in a text the model trained on) as the whole text
+    odd = evaluate_stream(model, torch.tensor([0, 1, 2, 3] * 50), 1, 10, adapt_lr=1.0)
+    assert math.isfinite(odd["loss"])
+
+
 def test_metrics_from_summed_loss_by_hand():
     # a model that predicts the uniform distribution: ln V nats, log2 V bits, perplexity V
     model = tiny_model()

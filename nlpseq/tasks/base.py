@@ -49,9 +49,10 @@ class Task(ABC):
     formats: ClassVar[tuple[str, ...]]
     #: CLI commands besides train/evaluate that this task's runs answer
     commands: ClassVar[frozenset[str]] = frozenset({"predict"})
-    #: keyword options of :meth:`read_input` and of :meth:`predict`
+    #: keyword options of :meth:`read_input`, :meth:`predict` and :meth:`evaluate_files`
     input_options: ClassVar[tuple[str, ...]] = ()
     predict_options: ClassVar[tuple[str, ...]] = ()
+    evaluate_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PipelineConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -147,9 +148,11 @@ class Task(ABC):
                               f"{self.name} run, which answers {offered}")
         return self
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Refuse an option this task does not take, naming it."""
-        allowed = {*self.input_options, *self.predict_options}
+    def check_options(self, options: dict[str, Any], evaluating: bool = False) -> None:
+        """Refuse an option this task does not take (for ``predict``, or with ``evaluating``
+        for ``evaluate``), naming it."""
+        allowed = set(self.evaluate_options) if evaluating else \
+            {*self.input_options, *self.predict_options}
         for option in options:
             if option not in allowed:
                 raise NlpseqError(f"option {option!r} does not apply to a {self.name} run")

@@ -25,6 +25,7 @@ from nlpseq.decoding import check_length, check_sampling_options, generate
 from nlpseq.errors import NlpseqError
 from nlpseq.lmdata import LMBatch, evaluate_stream, lm_windows
 from nlpseq.models.charlm import CharLM, CharLMConfig
+from nlpseq.models.encoder import CELLS
 from nlpseq.runtime import log_stderr
 from nlpseq.tasks.base import Log, Task, text_list
 from nlpseq.tokenize import SPECIALS, UNK, TextTokenizer
@@ -103,6 +104,7 @@ class ChargenTask(Task):
     default_metric = "loss"
 
     commands = frozenset({"predict", "generate"})
+    evaluate_options = ("dynamic_lr",)
 
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
@@ -202,18 +204,38 @@ class ChargenTask(Task):
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         return self._score(model, self.val_ids)
 
-    def evaluate_files(self, paths: list[str]) -> dict[str, Any]:
+    def evaluate_files(self, paths: list[str], dynamic_lr: float | None = None
+                       ) -> dict[str, Any]:
         """loss (nats/char), bpc, perplexity and n_chars over a whole text file, read a piece
         at a time into ids of one or two bytes a character; each window of the lanes is
-        gathered from them when it is scored."""
+        gathered from them when it is scored.
+
+        With ``dynamic_lr`` > 0 (default ``eval.dynamic_lr``) the model adapts to the text as
+        it reads it, as one stream (see :func:`nlpseq.lmdata.evaluate_stream`); the loaded
+        weights are unchanged afterwards."""
         if len(paths) != 1:
             raise NlpseqError("chargen evaluation takes one text file")
+        dynamic_lr = self.config.eval.dynamic_lr if dynamic_lr is None else dynamic_lr
+        if dynamic_lr > 0:
+            self._check_adaptable()
         ids, unknown = self.codec.encode_pieces(iter_text(paths[0]))
         if len(ids) < 2:
             raise NlpseqError("the text needs at least 2 characters to score", paths[0])
         if unknown:
             log_stderr(f"{paths[0]}: characters not seen in training: {describe(unknown)}")
+        if dynamic_lr > 0:
+            return evaluate_stream(self.model, ids, 1, self.config.eval.dynamic_window,
+                                   self.device, adapt_lr=dynamic_lr)
         return self._score(self.model, ids)
+
+    def _check_adaptable(self) -> None:
+        """Dynamic evaluation needs gradients through every layer: not where a backend runs
+        the model through ONNX Runtime or quantized int8 layers."""
+        layers = getattr(self.model, "rnns", ())
+        if not layers or not all(type(rnn) in CELLS.values() for rnn in layers):
+            raise NlpseqError("dynamic evaluation (eval.dynamic_lr) adapts the model's weights, "
+                              "which the onnx and int8 backends cannot: use the torch or bf16 "
+                              "backend, or --dynamic-lr 0")
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Score each text on its own (from a fresh state): loss (nats/char), bpc, perplexity

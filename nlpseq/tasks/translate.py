@@ -55,6 +55,7 @@ class TranslateTask(Task):
 
     commands = frozenset({"translate"})
     predict_options = ("beam",)
+    evaluate_options = ("beam",)
 
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
