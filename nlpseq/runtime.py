@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -39,6 +41,17 @@ def log_stderr(message: str) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (musl's mallopt and malloc_trim do nothing)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 -- glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Have glibc's allocator keep freed memory for reuse instead of handing it back to the OS.
 
@@ -48,10 +61,27 @@ def keep_freed_memory() -> bool:
     LM 16-19% of its step time. Here blocks up to 32 MB (glibc's ceiling) come from the heap,
     and up to 1 GB of free heap is kept. False where the C library is not glibc.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 -- glibc only: musl's mallopt does nothing
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
+_released_at = 0.0  # time.monotonic() of the last release_freed_memory
+
+
+def release_freed_memory(interval: float = 1.0) -> None:
+    """Hand the free memory glibc's allocator holds back to the OS (malloc_trim), at most once
+    every ``interval`` seconds, so that pages touched again afterwards cost little.
+
+    Called between the parts of a streamed input: tensors of changing sizes leave free blocks
+    scattered through the heap, which the allocator keeps, and a process's resident size would
+    creep up part after part over a long input. Nothing where the C library is not glibc.
+    """
+    global _released_at
+    libc = _glibc()
+    if libc is None or time.monotonic() - _released_at < interval:
+        return
+    libc.malloc_trim(0)
+    _released_at = time.monotonic()

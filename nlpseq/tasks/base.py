@@ -22,15 +22,17 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from nlpseq.config import PipelineConfig
 from nlpseq.errors import NlpseqError
+from nlpseq.runtime import release_freed_memory
 
 Log = Callable[[str], None]
+Part = TypeVar("Part")
 
 #: items predicted together by :meth:`Task.predict_lines` (bounds memory on endless input)
 PREDICT_CHUNK = 1024
@@ -168,6 +170,7 @@ class Task(ABC):
         while chunk := list(itertools.islice(items, PREDICT_CHUNK)):
             for result in self.predict_records(chunk, **predicting):
                 yield self.format_output(result, as_json)
+            release_freed_memory()
 
     def predict_records(self, items: list[Any], **options: Any) -> list[Any]:
         """What ``predict`` prints for each item (default: :meth:`predict`'s results)."""
@@ -195,3 +198,11 @@ def shard(batches: list[Any], rank: int, world_size: int) -> list[Any]:
         return batches
     per_rank = len(batches) // world_size
     return batches[rank::world_size][:per_rank]
+
+
+def between_parts(parts: Iterable[Part]) -> Iterator[Part]:
+    """``parts`` of a streamed input, handing the memory the previous part freed back to the
+    OS before the next is read (see :func:`nlpseq.runtime.release_freed_memory`)."""
+    for part in parts:
+        yield part
+        release_freed_memory()

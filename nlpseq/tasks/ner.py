@@ -41,7 +41,7 @@ from nlpseq.tagschemes import (
     tags_to_spans,
     validate_tag,
 )
-from nlpseq.tasks.base import Log, Task, shard, text_list
+from nlpseq.tasks.base import Log, Task, between_parts, shard, text_list
 from nlpseq.tokenize import TextTokenizer
 from nlpseq.vocab import LabelVocab
 
@@ -305,7 +305,7 @@ class NerTask(Task):
                     self._check_gold_types(part)
                     yield part, self._table(part, with_tags=False)
 
-        return self._scores(self.model, parts())
+        return self._scores(self.model, between_parts(parts()))
 
     # --- prediction --------------------------------------------------------------------------
     def predict(

@@ -22,7 +22,7 @@ from nlpseq.embeddings import (
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import ClassificationCounts
 from nlpseq.models.classifier import ClassifierConfig, TextClassifier
-from nlpseq.tasks.base import Log, Task, shard, text_list
+from nlpseq.tasks.base import Log, Task, between_parts, shard, text_list
 from nlpseq.tokenize import UNK, TextTokenizer
 from nlpseq.vocab import LabelVocab
 
@@ -194,7 +194,7 @@ class SentimentTask(Task):
         else:
             parts = iter_labelled(paths[0], file_format(paths[0], data.format),
                                   data.text_column, data.label_column)
-        return self._scores(self.model, (self._encode(part) for part in parts))
+        return self._scores(self.model, (self._encode(part) for part in between_parts(parts)))
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         """Label and class probabilities for each text."""

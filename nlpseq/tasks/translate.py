@@ -23,7 +23,7 @@ from nlpseq.decoding import Hypothesis, beam_search, greedy_search, max_target_l
 from nlpseq.errors import NlpseqError
 from nlpseq.metrics import LossCounts, TranslationCounts
 from nlpseq.models.seq2seq import Seq2Seq, Seq2SeqConfig, TranslationBatch
-from nlpseq.tasks.base import Log, Task, shard, text_list
+from nlpseq.tasks.base import Log, Task, between_parts, shard, text_list
 from nlpseq.tokenize import BOS, EOS, PAD, TextTokenizer
 
 TOKENIZER = "tokenizer.json"  # joint vocabulary
@@ -290,7 +290,8 @@ class TranslateTask(Task):
             raise NlpseqError("translation evaluation takes two files: SOURCE REFERENCE")
         beam = self.config.eval.beam if beam is None else beam
         parts = ((self.encode_sources(part.sources), part.targets,
-                  self.encode_targets(part.targets)) for part in iter_parallel(*paths))
+                  self.encode_targets(part.targets))
+                 for part in between_parts(iter_parallel(*paths)))
         return self._scores(self.model, parts, beam)
 
     def predict(self, texts: list[str], beam: int | None = None) -> list[str]:
