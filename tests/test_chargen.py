@@ -161,6 +161,8 @@ def test_dynamic_evaluation_from_the_pipeline_key_and_the_cli(run_dir, tmp_path)
 @pytest.mark.parametrize("args, fragment", [
     (["--dynamic-lr", 0.1, "--backend", "int8"], "onnx and int8 backends cannot"),
     (["--beam", 2], "option 'beam' does not apply to a chargen run"),
+    (["--dynamic-lr", "inf"], "dynamic_lr must be a finite number >= 0, got inf"),
+    (["--dynamic-lr", "nan"], "dynamic_lr must be a finite number >= 0, got nan"),
 ])
 def test_cli_evaluate_bad_options_are_one_line_errors(run_dir, tmp_path, args, fragment):
     path = tmp_path / "eval.txt"

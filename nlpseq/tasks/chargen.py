@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,8 @@ class ChargenTask(Task):
         if len(paths) != 1:
             raise NlpseqError("chargen evaluation takes one text file")
         dynamic_lr = self.config.eval.dynamic_lr if dynamic_lr is None else dynamic_lr
+        if not math.isfinite(dynamic_lr) or dynamic_lr < 0:
+            raise NlpseqError(f"dynamic_lr must be a finite number >= 0, got {dynamic_lr}")
         if dynamic_lr > 0:
             self._check_adaptable()
         ids, unknown = self.codec.encode_pieces(iter_text(paths[0]))
