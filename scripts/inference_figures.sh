@@ -62,16 +62,18 @@ zcat "$corpora/translation/multi30k/val.de.gz" > "$out/val.de"
 text_lines=${TEXT_MEMORY_LINES:-10000 1000000}
 for lines in $text_lines; do
   repeat "$corpora/textgen/tinyshakespeare/input.txt" "$lines" 0 > "$out/shakespeare_$lines.txt"
-  command="evaluate $runs/shakespeare $out/shakespeare_$lines.txt"
+  command="evaluate $runs/shakespeare $out/shakespeare_$lines.txt --dynamic-lr 0"
   kb=$( { /usr/bin/time -f %M nlpseq $command > /dev/null; } 2>&1 | tail -1)
   echo "{\"peak_rss_mb\": $((kb / 1024)), \"lines\": $lines, \"command\": \"nlpseq $command\"}"
 done
 for lines in ${PARALLEL_MEMORY_LINES:-10000 100000}; do
   repeat "$out/val.en" "$lines" 0 > "$out/val_$lines.en"
   repeat "$out/val.de" "$lines" 0 > "$out/val_$lines.de"
-  command="evaluate $runs/multi30k $out/val_$lines.en $out/val_$lines.de --beam 1"
-  kb=$( { /usr/bin/time -f %M nlpseq $command > /dev/null; } 2>&1 | tail -1)
-  echo "{\"peak_rss_mb\": $((kb / 1024)), \"lines\": $lines, \"command\": \"nlpseq $command\"}"
+  for command in "evaluate $runs/multi30k $out/val_$lines.en $out/val_$lines.de --beam 1" \
+                 "translate $runs/multi30k --input $out/val_$lines.en --beam 1"; do
+    kb=$( { /usr/bin/time -f %M nlpseq $command > /dev/null; } 2>&1 | tail -1)
+    echo "{\"peak_rss_mb\": $((kb / 1024)), \"lines\": $lines, \"command\": \"nlpseq $command\"}"
+  done
 done
 
 for backend in torch onnx int8 bf16; do

@@ -10,7 +10,7 @@ import torch
 from nlpseq import native
 from nlpseq.batching import TextBatch, TokenStore
 from nlpseq.models.classifier import POOLINGS, ClassifierConfig, TextClassifier
-from nlpseq.models.encoder import Dropout, RecurrentEncoder, reverse_padded
+from nlpseq.models.encoder import Dropout, RecurrentEncoder, masked_max, reverse_padded
 
 SENTENCES = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 4], [4], [9, 9, 8, 7, 6]]
 
@@ -193,3 +193,17 @@ def test_dropout_keeps_the_expected_share_unbiased_and_seeded(monkeypatch, p, ke
     out = layer(x)
     out.sum().backward()
     assert torch.equal(x.grad, out.detach())  # d out / d x is the scaled mask
+
+
+def test_masked_max_equals_masked_fill_then_max_with_its_gradients():
+    x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(0)) - 3  # mostly < 0
+    lengths = torch.tensor([6, 3, 1, 0])
+    mask = (torch.arange(6) < lengths.unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = masked_max(ours, mask)
+    expected = theirs.masked_fill(~mask, float("-inf")).amax(dim=1)
+    assert torch.equal(got, expected)
+    assert torch.equal(got[3], torch.full((5,), float("-inf")))  # no position: -inf
+    got[:3].sum().backward()
+    expected[:3].sum().backward()
+    assert torch.equal(ours.grad, theirs.grad)

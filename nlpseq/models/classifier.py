@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from nlpseq.batching import TextBatch
 from nlpseq.config import POOLINGS, Pooling, key
-from nlpseq.models.encoder import Cell, Dropout, RecurrentEncoder
+from nlpseq.models.encoder import Cell, Dropout, RecurrentEncoder, masked_max
 from nlpseq.tokenize import UNK
 
 
@@ -116,7 +116,7 @@ class TextClassifier(nn.Module):
             pooled = (scores.softmax(dim=1) * outputs).sum(dim=1)  # (B, D)
         else:
             mean = outputs.sum(dim=1) / lengths.clamp(min=1).unsqueeze(1).to(outputs.dtype)
-            maximum = outputs.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, D)
+            maximum = masked_max(outputs, mask)  # (B, D)
             pooled = {"max": maximum, "mean": mean}.get(self.pooling)
             if pooled is None:
                 pooled = torch.cat([maximum, mean], dim=-1)  # (B, 2D)

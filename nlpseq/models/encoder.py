@@ -43,6 +43,13 @@ def length_mask(lengths: Tensor, steps: int) -> Tensor:
     return torch.arange(steps, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def masked_max(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+    """Largest value of ``x`` along ``dim`` among the positions where ``mask`` (broadcast to
+    ``x``) is True; -inf where there are none. Adds a 0 / -inf bias: on CPU, masked_fill with
+    a mask broadcast over the features costs several times the addition."""
+    return (x + torch.where(mask, 0.0, float("-inf")).to(x.dtype)).amax(dim=dim)
+
+
 def _run_direction(rnn: nn.RNNBase, x: Tensor, reverse: bool) -> Tensor:
     """Run one direction of a one-layer (bidirectional) ``rnn`` over ``x`` (B, T, In).
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from nlpseq.batching import Batch
 from nlpseq.config import key
 from nlpseq.models.crf import LinearChainCRF
-from nlpseq.models.encoder import Cell, Dropout, RecurrentEncoder
+from nlpseq.models.encoder import Cell, Dropout, RecurrentEncoder, masked_max
 from nlpseq.tokenize import UNK
 
 Scheme = Literal["iob1", "iob2", "bioes"]
@@ -115,7 +115,7 @@ class CharCNN(nn.Module):
         x = F.pad(self.embedding(chars), (0, 0, half, half))  # (U, L + k - 1, C)
         windows = x.unfold(1, self.kernel_size, 1)  # (U, L, C, k)
         h = self.window(windows.flatten(2))  # (U, L, F)
-        h = h.masked_fill((chars == 0).unsqueeze(2), float("-inf")).amax(dim=1)  # (U, F)
+        h = masked_max(h, (chars != 0).unsqueeze(2))  # (U, F)
         return h.masked_fill(torch.isinf(h), 0.0)  # the padding word has no characters
 
 
