@@ -118,7 +118,7 @@ def test_dynamic_evaluation_equals_scoring_then_sgd_by_hand(cell):
         piece = stream[start : start + 6]  # five inputs and their next characters
         logits, state = reference.logits(piece[:-1].unsqueeze(0), state)
         loss = F.cross_entropy(logits[0], piece[1:], reduction="sum")
-        total += float(loss)
+        total += float(loss.detach())
         reference.zero_grad()
         (loss / (len(piece) - 1)).backward()
         with torch.no_grad():
