@@ -167,10 +167,10 @@ class Task(ABC):
         reading = {k: v for k, v in options.items() if k in self.input_options}
         predicting = {k: v for k, v in options.items() if k in self.predict_options}
         items = iter(self.read_input(iter(lines), **reading))
-        while chunk := list(itertools.islice(items, PREDICT_CHUNK)):
+        chunks = iter(lambda: list(itertools.islice(items, PREDICT_CHUNK)), [])
+        for chunk in between_parts(chunks):
             for result in self.predict_records(chunk, **predicting):
                 yield self.format_output(result, as_json)
-            release_freed_memory()
 
     def predict_records(self, items: list[Any], **options: Any) -> list[Any]:
         """What ``predict`` prints for each item (default: :meth:`predict`'s results)."""
