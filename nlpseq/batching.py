@@ -104,6 +104,10 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def sequences(self) -> list[np.ndarray]:
+        """Each example's ids, views of the flat store."""
+        return np.split(self.flat.numpy(), np.cumsum(self.lengths.numpy())[:-1])
+
     def collate(
         self, indices: Sequence[int], labels: Tensor | None = None, pad_id: int = 0
     ) -> TextBatch:

@@ -133,6 +133,17 @@ class EmbeddingsConfig:
                              "rows each batch uses (needs adam or adamw)")
     cache_dir: str = key("${NLPSEQ_CACHE:-~/.cache/nlpseq}", tasks=_WORD_VECTORS,
                          help="folder caching vectors aligned to a vocabulary")
+    word2vec_dim: int = key(0, low=0, tasks=_SENTIMENT, help="also train word2vec vectors "
+                            "(CBOW) of this size on the training texts and "
+                            "embeddings.word2vec_text; each word's vector is its pretrained "
+                            "one followed by this one, so model.embedding_dim is the two sizes "
+                            "together (0 = off)")
+    word2vec_text: str = key("", tasks=_SENTIMENT, help="more text for those vectors, read as "
+                             "data.train is (its text column; labels are not read)")
+    word2vec_epochs: int = key(5, low=1, tasks=_SENTIMENT, help="passes of word2vec over "
+                               "its texts")
+    word2vec_min_count: int = key(3, low=1, tasks=_SENTIMENT, help="fewest occurrences for a "
+                                  "word to get a word2vec vector (others get a random one)")
 
 
 @dataclass(frozen=True)
@@ -512,6 +523,9 @@ def config_from_dict(
     if config.embeddings.lazy_updates and config.train.optimizer == "sgd":
         key, *where = _located("embeddings.lazy_updates", path, lines, overridden)
         raise NlpseqError(f"{key} needs train.optimizer adam or adamw, not sgd", *where)
+    if config.embeddings.word2vec_text and not config.embeddings.word2vec_dim:
+        key, *where = _located("embeddings.word2vec_text", path, lines, overridden)
+        raise NlpseqError(f"{key} needs embeddings.word2vec_dim > 0", *where)
     return config
 
 

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 _DIGIT = re.compile(r"\d")
 FIXED_VECTORS = "vectors.safetensors"  # in a run directory: the fixed rows
 SPECIAL_ROWS = 4  # <pad>, <unk>, <bos>, <eos> get no pretrained vector
+WORD2VEC_VERSION = 1  # part of the word2vec cache key: raise it when the vectors change
 
 
 @dataclass
@@ -300,17 +302,94 @@ def extend_vocabulary(
 
 
 def initial_vectors(
-    config: EmbeddingsConfig, vocabulary: list[str], trained_size: int, dim: int, seed: int
+    config: EmbeddingsConfig, vocabulary: list[str], trained_size: int, dim: int, seed: int,
+    texts: Callable[[], Iterable[Sequence[int]]] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(trained, fixed)``: the initial rows ``(trained_size, dim)`` of the trained table and
     the fixed rows ``(len(vocabulary) - trained_size, dim)`` (None when there are none), both
-    aligned from one (cached) :func:`pretrained_matrix`. ``(None, None)`` without a file."""
-    if not config.path:
+    aligned from one (cached) :func:`pretrained_matrix`, followed in each row by the
+    :func:`word2vec_matrix` vectors trained on ``texts()`` (token ids of ``vocabulary``) when
+    ``config.word2vec_dim`` is set. ``(None, None)`` with neither."""
+    parts = []
+    if config.path:
+        own = dim - config.word2vec_dim
+        if own < 1:
+            raise NlpseqError(f"model.embedding_dim {dim} leaves no room for the vectors of "
+                              f"embeddings.path beside embeddings.word2vec_dim "
+                              f"{config.word2vec_dim}")
+        matrix, _ = pretrained_matrix(config.path, config.format, vocabulary, own,
+                                      cache_dir=config.cache_dir, seed=seed, skip=SPECIAL_ROWS)
+        parts.append(matrix)
+    if config.word2vec_dim:
+        if not config.path and dim != config.word2vec_dim:
+            raise NlpseqError(f"model.embedding_dim is {dim}, embeddings.word2vec_dim "
+                              f"{config.word2vec_dim}: without embeddings.path they must agree")
+        if texts is None:
+            raise NlpseqError("embeddings.word2vec_dim: this task gives word2vec no texts")
+        parts.append(word2vec_matrix(texts, len(vocabulary), config, seed=seed))
+    if not parts:
         return None, None
-    matrix, _ = pretrained_matrix(config.path, config.format, vocabulary, dim,
-                                  cache_dir=config.cache_dir, seed=seed, skip=SPECIAL_ROWS)
+    matrix = torch.cat(parts, dim=1)
     fixed = matrix[trained_size:]
-    return matrix[:trained_size], fixed.contiguous() if len(fixed) else None
+    return matrix[:trained_size].contiguous(), fixed.contiguous() if len(fixed) else None
+
+
+def word2vec_matrix(
+    texts: Callable[[], Iterable[Sequence[int]]], vocab_size: int, config: EmbeddingsConfig,
+    *, seed: int = 0,
+) -> torch.Tensor:
+    """Matrix (vocab_size, config.word2vec_dim) of word2vec (CBOW, window 5) vectors trained
+    on ``texts()``, sequences of token ids: row i holds id i's vector. Specials and ids seen
+    fewer than ``word2vec_min_count`` times get zeros, not random values: words outside the
+    training vocabulary keep their rows fixed, and noise there would never be unlearnt. One
+    worker thread, so that a seed gives the same vectors every time; the matrix is cached
+    under a hash of the ids and the settings."""
+    from safetensors.numpy import load_file, save_file
+
+    digest = hashlib.sha256()
+    sentences = []
+    for ids in texts():
+        row = np.asarray(ids, dtype=np.int32)
+        digest.update(len(row).to_bytes(4, "little"))
+        digest.update(row.tobytes())
+        sentences.append(row)
+    settings = (WORD2VEC_VERSION, config.word2vec_dim, config.word2vec_epochs,
+                config.word2vec_min_count, seed, vocab_size)
+    digest.update(repr(settings).encode("utf-8"))
+    cache_file = (_cache_folder(config.cache_dir) / f"word2vec-{digest.hexdigest()[:24]}"
+                  ".safetensors") if config.cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        print("word2vec: vectors (cached)", file=sys.stderr)
+        return torch.from_numpy(load_file(str(cache_file))["matrix"])
+    matrix = _train_word2vec(sentences, vocab_size, config, seed)
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp:
+            save_file({"matrix": matrix}, tmp)
+    return torch.from_numpy(matrix)
+
+
+def _train_word2vec(sentences: list[np.ndarray], vocab_size: int, config: EmbeddingsConfig,
+                    seed: int) -> np.ndarray:
+    from gensim.models import Word2Vec
+
+    names = [str(i) for i in range(vocab_size)]  # gensim wants strings; one object per id
+    corpus = [[names[i] for i in row.tolist() if i >= SPECIAL_ROWS] for row in sentences]
+    tokens = sum(map(len, corpus))
+    counts = np.bincount(np.concatenate([*sentences, np.zeros(0, np.int32)]),
+                         minlength=vocab_size)[SPECIAL_ROWS:]
+    if not (counts >= config.word2vec_min_count).any():
+        raise NlpseqError(f"embeddings.word2vec_dim: no word of the texts occurs "
+                          f"embeddings.word2vec_min_count ({config.word2vec_min_count}) times "
+                          f"({tokens:,} words in all)")
+    model = Word2Vec(corpus, vector_size=config.word2vec_dim, window=5,
+                     min_count=config.word2vec_min_count, workers=1, seed=seed,
+                     epochs=config.word2vec_epochs)
+    matrix = np.zeros((vocab_size, config.word2vec_dim), dtype=np.float32)
+    found = np.array([int(word) for word in model.wv.index_to_key], dtype=np.int64)
+    matrix[found] = model.wv.vectors
+    print(f"word2vec: {len(found)}/{vocab_size - SPECIAL_ROWS} words from {tokens:,} tokens",
+          file=sys.stderr)
+    return matrix
 
 
 def save_fixed_vectors(directory: Path, fixed: torch.Tensor | None) -> None:

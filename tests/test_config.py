@@ -92,6 +92,18 @@ def test_lazy_embedding_updates_need_adam_and_word_embeddings(tmp_path):
     assert err.value.path is None
 
 
+def test_word2vec_text_needs_word2vec_vectors(tmp_path):
+    text = "embeddings:\n  word2vec_text: more.tsv\n"
+    path = write(tmp_path, "task: sentiment\n" + text)
+    with pytest.raises(NlpseqError, match="word2vec_text needs embeddings.word2vec_dim") as err:
+        load_config(path)
+    assert (err.value.path, err.value.line) == (str(path), 3)
+    config = load_config(path, ["embeddings.word2vec_dim=20"])
+    assert (config.embeddings.word2vec_dim, config.embeddings.word2vec_text) == (20, "more.tsv")
+    with pytest.raises(NlpseqError, match="does not apply to the ner task"):
+        load_config(write(tmp_path, "task: ner\nembeddings:\n  word2vec_dim: 20\n"))
+
+
 def test_invalid_yaml_names_line(tmp_path):
     path = write(tmp_path, "task: sentiment\ntrain:\n  lr: [1\n")
     with pytest.raises(NlpseqError, match="invalid YAML") as err:

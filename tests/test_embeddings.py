@@ -222,3 +222,85 @@ def test_default_cache_folder_of_a_config_built_in_python(tmp_path, glove_file, 
     extend_vocabulary(_tokenizer(), config, -1)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("$")] == []
     assert any(p.name.startswith("words-") for p in (tmp_path / "cache").iterdir())
+
+
+def _word2vec_config(tmp_path, **changes):
+    from nlpseq.config import EmbeddingsConfig
+
+    values = dict(word2vec_dim=8, word2vec_epochs=20, word2vec_min_count=2,
+                  cache_dir=str(tmp_path / "cache"))
+    return EmbeddingsConfig(**{**values, **changes})
+
+
+def _contexts(seed: int = 0, sentences: int = 3000) -> list[list[int]]:
+    """Ids 4 and 5 always appear between the same neighbours (8-11), id 6 between others
+    (12-15); id 7 once; ids 0-3 (specials) here and there."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(sentences):
+        word = int(rng.choice([4, 5, 6]))
+        side = [8, 9, 10, 11] if word in (4, 5) else [12, 13, 14, 15]
+        out.append([*rng.choice(side, 2).tolist(), word, *rng.choice(side, 2).tolist(), 1])
+    out.append([7, 8, 9])
+    return out
+
+
+def test_word2vec_vectors_reflect_shared_contexts(tmp_path):
+    config = _word2vec_config(tmp_path)
+    matrix = embeddings.word2vec_matrix(_contexts, 16, config, seed=3).numpy()
+    assert matrix.shape == (16, 8)
+    assert not matrix[:4].any()  # specials: no vector
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(1e-9)
+    assert unit[4] @ unit[5] > 0.9
+    assert unit[4] @ unit[5] > unit[4] @ unit[6] + 0.5
+    assert not matrix[7].any()  # seen once, below min_count: no vector
+
+
+def test_word2vec_is_reproducible_and_cached(tmp_path, monkeypatch, capsys):
+    config = _word2vec_config(tmp_path)
+    first = embeddings.word2vec_matrix(_contexts, 16, config, seed=3)
+    uncached = embeddings.word2vec_matrix(_contexts, 16, _word2vec_config(tmp_path, cache_dir=""),
+                                          seed=3)
+    assert torch.equal(first, uncached)  # one worker: the same vectors every time
+    assert "words from" in capsys.readouterr().err
+    monkeypatch.setattr(embeddings, "_train_word2vec", lambda *a: pytest.fail("retrained"))
+    assert torch.equal(embeddings.word2vec_matrix(_contexts, 16, config, seed=3), first)
+    assert "(cached)" in capsys.readouterr().err
+    with pytest.raises(pytest.fail.Exception, match="retrained"):  # other texts: trained
+        embeddings.word2vec_matrix(lambda: _contexts(seed=1), 16, config, seed=3)
+    with pytest.raises(pytest.fail.Exception, match="retrained"):  # other settings: trained
+        embeddings.word2vec_matrix(_contexts, 16, _word2vec_config(tmp_path, word2vec_dim=4),
+                                   seed=3)
+
+
+def test_word2vec_follows_the_pretrained_vectors_in_each_row(tmp_path, glove_file):
+    tokenizer, trained_size = extend_vocabulary(
+        _tokenizer(), _word2vec_config(tmp_path, path=str(glove_file)), -1)
+    vocabulary = tokenizer.vocabulary()
+    ids = tokenizer.encode("the Film good film Paris xyz")
+
+    def texts():
+        return [ids] * 50
+
+    config = _word2vec_config(tmp_path, path=str(glove_file), word2vec_dim=2)
+    trained, fixed = initial_vectors(config, vocabulary, trained_size, 5, 0, texts=texts)
+    glove_only = initial_vectors(_word2vec_config(tmp_path, path=str(glove_file),
+                                                  word2vec_dim=0),
+                                 vocabulary, trained_size, 3, 0)
+    own = embeddings.word2vec_matrix(texts, len(vocabulary), config, seed=0)
+    assert trained.shape == (trained_size, 5) and fixed.shape == (3, 5)
+    assert torch.equal(trained[:, :3], glove_only[0]) and torch.equal(fixed[:, :3], glove_only[1])
+    assert torch.equal(torch.cat([trained, fixed])[:, 3:], own)
+    alone, _ = initial_vectors(_word2vec_config(tmp_path, word2vec_dim=2), vocabulary,
+                               len(vocabulary), 2, 0, texts=texts)
+    assert torch.equal(alone, own)
+    with pytest.raises(NlpseqError, match="no room for the vectors of embeddings.path"):
+        initial_vectors(_word2vec_config(tmp_path, path=str(glove_file), word2vec_dim=5),
+                        vocabulary, trained_size, 5, 0, texts=texts)
+    with pytest.raises(NlpseqError, match="without embeddings.path they must agree"):
+        initial_vectors(_word2vec_config(tmp_path, word2vec_dim=2), vocabulary, trained_size,
+                        3, 0, texts=texts)
+    for texts in ([[0, 1, 2]], [[5, 6, 7]], []):  # specials only; each word once; nothing
+        with pytest.raises(NlpseqError, match=r"no word of the texts occurs .*\(2\) times"):
+            embeddings.word2vec_matrix(lambda texts=texts: texts, 16,
+                                       _word2vec_config(tmp_path), seed=0)

@@ -174,6 +174,36 @@ def test_extended_vocabulary_gives_unseen_words_fixed_vectors(tmp_path, corpus):
     assert predictor.predict(texts) == result.task.predict(texts)
 
 
+def test_word2vec_vectors_trained_on_the_texts_follow_the_pretrained_ones(tmp_path, corpus):
+    from nlpseq.embeddings import word2vec_matrix
+    from nlpseq.trainer import train
+
+    glove = _glove(tmp_path, ["the", "film", "good", "bad", "is"])
+    extra = tmp_path / "unlabelled.tsv"
+    extra.write_text("text\n" + "the film is good and the plot is bad\n" * 30, encoding="utf-8")
+    pipeline = write_pipeline(tmp_path, "sentiment", corpus, {
+        "train.epochs": 1, "embeddings.path": glove, "embeddings.freeze": True,
+        "embeddings.word2vec_dim": 4, "embeddings.word2vec_text": extra,
+        "embeddings.word2vec_min_count": 1, "model.embedding_dim": 12,
+        "embeddings.cache_dir": tmp_path / "cache"})
+    result = train(load_config(pipeline), tmp_path / "run", log=lambda _m: None,
+                   progress=False)
+    task = result.task
+    texts = [*task.train_ids.sequences(),
+             *[task.tokenizer.encode("the film is good and the plot is bad")] * 30]
+    own = word2vec_matrix(lambda: texts, task.tokenizer.vocab_size,
+                          task.config.embeddings, seed=task.config.train.seed)
+    weights = task.model.encoder.embedding.weight.detach()  # frozen: as initialised
+    assert weights.shape == (task.tokenizer.vocab_size, 12)
+    assert torch.equal(weights[:, 8:], own)
+    without_extra = word2vec_matrix(task.train_ids.sequences, task.tokenizer.vocab_size,
+                                    task.config.embeddings, seed=task.config.train.seed)
+    assert not torch.equal(own, without_extra)  # the extra text was read
+    predictor = nlpseq.load(tmp_path / "run")  # the vectors live in the run directory
+    sample = ["the film is good", "bad plot"]
+    assert predictor.predict(sample) == task.predict(sample)
+
+
 def test_top_level_train_stays_callable(tmp_path, corpus):
     """``nlpseq.train`` is a function even after the trainer module has been imported."""
     import nlpseq.trainer  # noqa: F401

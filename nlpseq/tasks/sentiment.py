@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +132,24 @@ class SentimentTask(Task):
         trained, matrix = self.trained_vocab_size, None
         if pretrained:  # else the fixed rows came with the run directory's artifacts
             matrix, self.fixed_vectors = initial_vectors(
-                emb, self.tokenizer.vocabulary(), trained, m.embedding_dim, self.config.train.seed)
+                emb, self.tokenizer.vocabulary(), trained, m.embedding_dim, self.config.train.seed,
+                texts=self._word2vec_texts)
         return TextClassifier(
             m, trained, len(self.labels), fixed_vectors=self.fixed_vectors, unk_id=UNK,
             pretrained=matrix, freeze_embeddings=emb.freeze and matrix is not None,
             sparse_embedding=emb.lazy_updates,
         )
+
+    def _word2vec_texts(self) -> Iterator[Sequence[int]]:
+        """Token ids of the training texts, then of ``embeddings.word2vec_text``'s."""
+        yield from self.train_ids.sequences()
+        path = self.config.embeddings.word2vec_text
+        if path:
+            data = self.config.data
+            fmt = file_format(path, "tsv" if data.format == "hub" else data.format)
+            extra = read_labelled(path, fmt, data.text_column, data.label_column,
+                                  require_labels=False)
+            yield from self.tokenizer.encode_batch(extra.texts)
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
         t = self.config.train
