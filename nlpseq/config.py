@@ -143,7 +143,7 @@ class EmbeddingsConfig:
     word2vec_epochs: int = key(5, low=1, tasks=_SENTIMENT, help="passes of word2vec over "
                                "its texts")
     word2vec_min_count: int = key(3, low=1, tasks=_SENTIMENT, help="fewest occurrences for a "
-                                  "word to get a word2vec vector (others get a random one)")
+                                  "word to get a word2vec vector (others get zeros)")
 
 
 @dataclass(frozen=True)
