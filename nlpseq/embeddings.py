@@ -373,14 +373,14 @@ def _train_word2vec(sentences: list[np.ndarray], vocab_size: int, config: Embedd
     from gensim.models import Word2Vec
 
     names = [str(i) for i in range(vocab_size)]  # gensim wants strings; one object per id
-    corpus = [[names[i] for i in row.tolist() if i >= SPECIAL_ROWS] for row in sentences]
-    tokens = sum(map(len, corpus))
     counts = np.bincount(np.concatenate([*sentences, np.zeros(0, np.int32)]),
                          minlength=vocab_size)[SPECIAL_ROWS:]
+    tokens = int(counts.sum())
     if not (counts >= config.word2vec_min_count).any():
         raise NlpseqError(f"embeddings.word2vec_dim: no word of the texts occurs "
                           f"embeddings.word2vec_min_count ({config.word2vec_min_count}) times "
                           f"({tokens:,} words in all)")
+    corpus = [[names[i] for i in row.tolist() if i >= SPECIAL_ROWS] for row in sentences]
     model = Word2Vec(corpus, vector_size=config.word2vec_dim, window=5,
                      min_count=config.word2vec_min_count, workers=1, seed=seed,
                      epochs=config.word2vec_epochs)
