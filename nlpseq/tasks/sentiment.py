@@ -67,7 +67,12 @@ class SentimentTask(Task):
             texts = [str(t) for t in rows[data.text_column]]
             labels = [str(v) for v in rows[data.label_column]]
             return LabelledData(texts, labels, list(range(1, len(texts) + 1)), data.hub_name)
-        fmt = file_format(path, data.format)
+        return self._read_file(path, require_labels)
+
+    def _read_file(self, path: str, require_labels: bool = True) -> LabelledData:
+        """A local file in the format its suffix names, else data.format (tsv for hub data)."""
+        data = self.config.data
+        fmt = file_format(path, "tsv" if data.format == "hub" else data.format)
         return read_labelled(
             path, fmt, data.text_column, data.label_column, require_labels=require_labels
         )
@@ -145,11 +150,7 @@ class SentimentTask(Task):
         yield from self.train_ids.sequences()
         path = self.config.embeddings.word2vec_text
         if path:
-            data = self.config.data
-            fmt = file_format(path, "tsv" if data.format == "hub" else data.format)
-            extra = read_labelled(path, fmt, data.text_column, data.label_column,
-                                  require_labels=False)
-            yield from self.tokenizer.encode_batch(extra.texts)
+            yield from self.tokenizer.encode_batch(self._read_file(path, False).texts)
 
     def train_batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[TextBatch]:
         t = self.config.train
